@@ -1,0 +1,3 @@
+"""pictor: text-to-image diffusion, end to end."""
+
+__version__ = "0.1.0"
