@@ -1,0 +1,77 @@
+"""The training objective: uniform timesteps, MSE on the chosen target, optional min-SNR weighting.
+
+Simple loss (Ho et al. 2020, eq. 14): E_{t, x_0, eps} || target - model(x_t, t) ||^2 with t uniform.
+Min-SNR-gamma (Hang et al. 2023, Sec. 3.4 and eq. 8): weight each timestep's loss so that, measured
+as an x0-loss, it equals min(SNR(t), gamma). Since the eps-loss equals the x0-loss / SNR and the
+v-loss equals the x0-loss / (SNR + 1) (Salimans & Ho 2022), the weight on the model's own target is
+  eps: min(SNR, gamma) / SNR,   x0: min(SNR, gamma),   v: min(SNR, gamma) / (SNR + 1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pictor.diffusion.forward import snr
+from pictor.diffusion.parameterization import check_prediction_type, training_target
+
+REDUCTIONS = ("mean", "none")
+
+
+def sample_timesteps(
+    batch_size: int,
+    num_timesteps: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """t ~ Uniform{0, .., T-1}: LongTensor (B,), drawn on the CPU (CPU generator), then moved."""
+    if batch_size < 1 or num_timesteps < 1:
+        raise ValueError(
+            f"need batch_size >= 1 and num_timesteps >= 1, got {batch_size}, {num_timesteps}"
+        )
+    t = torch.randint(0, num_timesteps, (batch_size,), generator=generator, device="cpu")
+    return t.to(device) if device is not None else t
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Hang et al. 2023 loss weight per sample, (B,) -> (B,)."""
+    check_prediction_type(prediction_type)
+    if gamma <= 0:
+        raise ValueError(f"min_snr_gamma must be > 0 (5.0 is the paper's choice), got {gamma}")
+    if prediction_type == "eps":
+        # min(snr, gamma) / snr written as min(gamma / snr, 1): finite (=1) at snr = 0
+        return (gamma / snr).clamp(max=1.0)
+    if prediction_type == "x0":
+        return snr.clamp(max=gamma)
+    return snr.clamp(max=gamma) / (snr + 1)
+
+
+def diffusion_loss(
+    model_pred: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    min_snr_gamma: float | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Weighted MSE between model_pred (B, ...) and the target for x0, noise at integer t (B,).
+
+    reduction "mean" -> scalar, "none" -> (B,) per-sample losses (already weighted).
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+    if model_pred.shape != x0.shape:
+        raise ValueError(
+            f"model_pred shape {tuple(model_pred.shape)} != x0 shape {tuple(x0.shape)}"
+        )
+    ab = alphas_cumprod.to(t.device)[t]  # (B,) float64
+    ab_b = ab.reshape(-1, *([1] * (x0.ndim - 1)))
+    target = training_target(prediction_type, x0, noise, ab_b)
+    dtype = torch.promote_types(model_pred.dtype, torch.float32)  # half precision -> float32
+    per_sample = (model_pred.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(dim=1)  # (B,)
+    if min_snr_gamma is not None:
+        weight = min_snr_weight(snr(alphas_cumprod, t), min_snr_gamma, prediction_type)
+        per_sample = per_sample * weight.to(per_sample)
+    return per_sample.mean() if reduction == "mean" else per_sample

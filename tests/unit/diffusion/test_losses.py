@@ -1,0 +1,81 @@
+"""Training loss: uniform timesteps, MSE on the target, min-SNR-gamma (Hang et al. 2023)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pictor.diffusion.forward import q_sample, snr
+from pictor.diffusion.losses import diffusion_loss, min_snr_weight, sample_timesteps
+from pictor.diffusion.parameterization import PREDICTION_TYPES, to_x0, training_target
+from pictor.diffusion.schedules import NoiseSchedule, ScheduleConfig
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return NoiseSchedule.from_config(ScheduleConfig("linear", zero_terminal_snr=True))
+
+
+def test_sample_timesteps():
+    t = sample_timesteps(5000, 1000, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and t.shape == (5000,)
+    assert int(t.min()) >= 0 and int(t.max()) <= 999
+    assert abs(t.double().mean().item() - 499.5) < 15  # uniform: mean 499.5, sd of mean ~4
+    again = sample_timesteps(5000, 1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, again)
+    with pytest.raises(ValueError):
+        sample_timesteps(0, 1000)
+
+
+def test_min_snr_weights_are_the_papers():
+    s = torch.tensor([0.0, 0.5, 5.0, 20.0], dtype=torch.float64)
+    gamma = 5.0
+    clipped = torch.minimum(s, torch.tensor(gamma, dtype=torch.float64))
+    assert torch.allclose(min_snr_weight(s, gamma, "x0"), clipped)
+    assert torch.allclose(min_snr_weight(s, gamma, "v"), clipped / (s + 1))
+    # eps: min(snr, gamma) / snr, with its limit 1 at snr = 0
+    assert torch.allclose(
+        min_snr_weight(s, gamma, "eps"), torch.tensor([1.0, 1.0, 1.0, 0.25], dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="gamma"):
+        min_snr_weight(s, 0.0, "eps")
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_min_snr_loss_equals_clipped_snr_times_x0_loss(schedule, prediction_type):
+    """Hang et al. 2023 eq. 8: whatever the parameterization, the weighted loss is
+    min(SNR, gamma) * || x0_hat - x0 ||^2 (x0_hat read from the prediction at the same x_t)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(16, 3, 4, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(16, 3, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 999, (16,), generator=g)  # below T-1, where eps still determines x0
+    ab = schedule.alphas_cumprod[t].reshape(16, 1, 1, 1)
+    x_t = q_sample(x0, t, noise, schedule.alphas_cumprod)
+    pred = training_target(prediction_type, x0, noise, ab) + 0.1 * torch.randn(
+        16, 3, 4, 4, generator=g, dtype=torch.float64
+    )
+    loss = diffusion_loss(
+        pred, x0, noise, t, schedule.alphas_cumprod, prediction_type, 5.0, reduction="none"
+    )
+    x0_loss = (to_x0(prediction_type, pred, x_t, ab) - x0).pow(2).flatten(1).mean(1)
+    expected = snr(schedule.alphas_cumprod, t).clamp(max=5.0) * x0_loss
+    assert torch.allclose(loss.double(), expected, rtol=1e-5)
+
+
+def test_plain_loss_and_reductions(schedule):
+    g = torch.Generator().manual_seed(1)
+    x0, noise, pred = (torch.randn(4, 2, 3, generator=g) for _ in range(3))
+    t = torch.tensor([0, 10, 500, 999])  # including the zero-SNR step: all weights stay finite
+    per_sample = diffusion_loss(
+        pred, x0, noise, t, schedule.alphas_cumprod, "eps", reduction="none"
+    )
+    assert torch.allclose(per_sample, (pred - noise).pow(2).flatten(1).mean(1))
+    mean = diffusion_loss(pred, x0, noise, t, schedule.alphas_cumprod, "eps")
+    assert torch.allclose(mean, per_sample.mean())
+    for prediction_type in PREDICTION_TYPES:
+        weighted = diffusion_loss(pred, x0, noise, t, schedule.alphas_cumprod, prediction_type, 5.0)
+        assert torch.isfinite(weighted)
+    with pytest.raises(ValueError, match="reduction"):
+        diffusion_loss(pred, x0, noise, t, schedule.alphas_cumprod, "eps", reduction="sum")
+    with pytest.raises(ValueError, match="shape"):
+        diffusion_loss(pred[:, :1], x0, noise, t, schedule.alphas_cumprod, "eps")
