@@ -1,0 +1,109 @@
+"""Save and load a network as one safetensors file holding its weights and its config.
+
+The config dataclass is stored as JSON in the safetensors metadata (key "config", with the class
+name under "config_class"), so a file is self-describing and loading never unpickles anything:
+
+    save_module(unet, unet.config, "model.safetensors")
+    unet = load_module(UNet, UNetConfig, "model.safetensors")   # same weights, same config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = "pictor.module/1"
+M = TypeVar("M", bound=nn.Module)
+C = TypeVar("C")
+
+
+def save_module(module: nn.Module, config: Any, path: str | Path,
+                extra_metadata: dict[str, str] | None = None) -> None:
+    """Write module's state_dict (tensors) and `config` (a dataclass, as JSON) to `path`.
+
+    extra_metadata: further string entries for the header (e.g. training step, data hash).
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise ValueError(f"config must be a dataclass instance, got {type(config).__name__}")
+    metadata = {"format": FORMAT, "config_class": type(config).__name__,
+                "config": json.dumps(dataclasses.asdict(config), sort_keys=True)}
+    for key, value in (extra_metadata or {}).items():
+        if key in metadata or not isinstance(value, str):
+            raise ValueError(f"extra_metadata[{key!r}]: keys must not be one of {sorted(metadata)}"
+                             " and values must be strings")
+        metadata[key] = value
+    # safetensors needs contiguous tensors with unshared storage.
+    tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written model file
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def read_config(config_cls: type[C], path: str | Path) -> C:
+    """The config dataclass stored in a file written by `save_module`."""
+    metadata = read_metadata(path)
+    if "config" not in metadata:
+        raise ValueError(
+            f"{path} has no 'config' entry in its safetensors metadata, so it was not written by "
+            "pictor.networks.io.save_module; re-save it with save_module(module, config, path)"
+        )
+    stored_cls = metadata.get("config_class")
+    if stored_cls is not None and stored_cls != config_cls.__name__:
+        raise ValueError(f"{path} holds a {stored_cls}, not a {config_cls.__name__}; load it "
+                         f"with the matching module and config classes")
+    return config_from_dict(config_cls, json.loads(metadata["config"]))
+
+
+def config_from_dict(config_cls: type[C], data: dict[str, Any]) -> C:
+    """Rebuild a (flat) config dataclass from JSON data: lists become tuples where the field is a
+    tuple; unknown keys are an error, missing keys keep their defaults (older files)."""
+    hints = typing.get_type_hints(config_cls)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"stored config has keys unknown to {config_cls.__name__}: {unknown}; "
+                         f"the file was written by a different version of pictor")
+    kwargs = {}
+    for key, value in data.items():
+        if isinstance(value, list) and _is_tuple_type(hints[key]):
+            value = tuple(value)
+        kwargs[key] = value
+    return config_cls(**kwargs)
+
+
+def _is_tuple_type(tp: Any) -> bool:
+    if typing.get_origin(tp) is tuple:
+        return True
+    return any(typing.get_origin(a) is tuple for a in typing.get_args(tp))
+
+
+def load_module(cls: type[M], config_cls: type, path: str | Path,
+                map_location: str | torch.device = "cpu") -> M:
+    """Build `cls(config)` from the config stored in `path` and load its weights (strict)."""
+    config = read_config(config_cls, path)
+    module = cls(config)
+    state = load_file(str(path), device=str(map_location))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match {cls.__name__}({config_cls.__name__}): missing "
+                         f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+    return module

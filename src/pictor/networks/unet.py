@@ -1,0 +1,308 @@
+"""Text-conditional U-Net denoiser (Ronneberger et al. 2015; Ho et al. 2020, App. B;
+Dhariwal & Nichol 2021 "ADM"; Rombach et al. 2022 for the cross-attention conditioning).
+
+Layout (L levels; level i works at resolution H / 2^i with channels[i] channels):
+
+    x (B, in_channels, H, W) -> conv_in
+    down, per level i: blocks_per_level[i] x [ResBlock (+ TransformerBlock if i in
+                       attention_levels)], then a stride-2 Downsample (not after the last level);
+                       every block's output is kept as a skip
+    mid:               ResBlock, TransformerBlock (if mid_attention), ResBlock
+    up, per level i from L-1 to 0: (blocks_per_level[i] + extra_up_block) x [concat skip,
+                       ResBlock (+ TransformerBlock)], then Upsample to level i-1 (not at 0)
+    out:               GroupNorm, SiLU, conv_out -> (B, out_channels, H, W)
+
+Conditioning:
+- the timestep t (B,) float goes through a sinusoidal embedding and an MLP into `emb`, which
+  modulates every ResBlock (scale-shift);
+- the text tokens `context` (B, L, D) with their mask (B, L) are attended to by the
+  cross-attention of every TransformerBlock; padding tokens have no effect;
+- optionally (pooled_context) the masked mean of the text tokens is projected and added to `emb`,
+  a global summary that reaches every ResBlock (as SDXL adds its pooled text embedding).
+`context=None` means "no text": a single learned null token is used instead (it is trained only
+when the trainer passes None; caption dropout with empty-caption embeddings does not need it).
+
+The network knows nothing about noise schedules: it maps (x_t, t, text) to a tensor of x's shape
+whose meaning (eps, x0 or v) the diffusion package decides.
+
+Why the defaults look the way they do (CPU training). On 2 CPU cores a training step costs about
+its FLOPs (3x3 convolutions and matmuls both run at ~130-200 GFLOPS here), and a layer's FLOPs
+are its parameters times the pixels it runs on. So at a fixed parameter budget the parameters
+go where the pixels are few (the "Efficient U-Net" of Saharia et al. 2022, App. B.1): 71% of
+the weights sit at the lowest resolution, the highest level keeps 64 channels and one ResBlock
+each way, the up path mirrors the down path (no ADM extra block), upsampling projects to the
+narrower width before interpolating instead of convolving at the high resolution, and attention
+runs only at 8x8 and 4x4 (64 and 16 tokens), where layout and counting are decided.
+benchmarks/train_throughput.py compares this with diffusers' UNet2DConditionModel of the same
+size (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pictor.networks.layers import (
+    UPSAMPLE_MODES,
+    Downsample,
+    ResBlock,
+    TransformerBlock,
+    Upsample,
+    UpsampleMode,
+    group_norm,
+    timestep_embedding,
+    zero_,
+)
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    # Channels of the input x_t and of the prediction: 4 for a 4-channel autoencoder latent,
+    # 3 * k * k for k x k pixel-unshuffled RGB (48 for k = 4).
+    in_channels: int = 4
+    out_channels: int = 4
+    # Width of each resolution level; level i runs at H / 2^i. H and W must be divisible by
+    # 2^(len(channels) - 1). Doubling per level keeps each level's conv cost about equal.
+    channels: tuple[int, ...] = (64, 128, 192)
+    # ResBlocks per level on the way down.
+    blocks_per_level: tuple[int, ...] = (1, 1, 1)
+    # True (ADM, diffusers): the way up has one more ResBlock per level than the way down, fed by
+    # the skips from conv_in and the downsamplers. False: the way up mirrors the way down (skips
+    # from the down ResBlocks only), which removes one ResBlock per level, most of whose cost is
+    # at the high resolutions.
+    extra_up_block: bool = False
+    # Levels (indices into `channels`) whose blocks are followed by a TransformerBlock
+    # (self-attention + cross-attention to the text + MLP). Attention at the lowest resolutions
+    # is cheap (few tokens) and is where global layout (counting, left/right) is decided.
+    attention_levels: tuple[int, ...] = (1, 2)
+    # TransformerBlock between the two ResBlocks of the middle (lowest-resolution) stage.
+    mid_attention: bool = True
+    # Channels per attention head (heads = channels[i] // head_dim).
+    head_dim: int = 64
+    # Hidden width of the TransformerBlock MLP as a multiple of the channels.
+    mlp_ratio: float = 2.0
+    # Width D of the text token embeddings (384 for MiniLM). None: unconditional network.
+    context_dim: int | None = 384
+    # Add a projection of the masked mean of the text tokens to the timestep embedding.
+    pooled_context: bool = True
+    # Width of the timestep embedding; None -> 4 * channels[0] (ADM).
+    time_embed_dim: int | None = None
+    # Upper bound on GroupNorm groups (the largest divisor of the channel count <= this is used).
+    max_norm_groups: int = 32
+    # Dropout inside the ResBlocks (ADM uses 0.1 for small data sets; 0 for fast training).
+    dropout: float = 0.0
+    # How the up path doubles the resolution (pictor.networks.layers.Upsample): "conv" (ADM:
+    # nearest + 3x3 conv at the high resolution), "nearest" (no conv), "project" (1x1 conv to the
+    # next level's width at the low resolution, then nearest; the cheapest).
+    upsample: UpsampleMode = "project"
+    # Zero the last layer of every residual branch (ResBlock conv2, attention and MLP outputs),
+    # so each block starts as the identity (ADM).
+    zero_init_residual: bool = True
+    # Zero the output convolution, so the untrained network predicts 0 (ADM). Note: with a zero
+    # output layer no gradient reaches the rest of the network until the first update.
+    zero_init_output: bool = True
+
+    def __post_init__(self) -> None:
+        n = len(self.channels)
+        if n == 0 or any(c <= 0 for c in self.channels):
+            raise ValueError(f"channels must be a non-empty tuple of positive ints, got "
+                             f"{self.channels}")
+        if len(self.blocks_per_level) != n or any(b < 1 for b in self.blocks_per_level):
+            raise ValueError(f"blocks_per_level needs one int >= 1 per level ({n} levels), got "
+                             f"{self.blocks_per_level}")
+        bad = [i for i in self.attention_levels if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"attention_levels {self.attention_levels} has indices outside "
+                             f"0..{n - 1}")
+        attn_widths = [self.channels[i] for i in self.attention_levels]
+        if self.mid_attention:
+            attn_widths.append(self.channels[-1])
+        for c in attn_widths:
+            if c % self.head_dim:
+                raise ValueError(f"head_dim ({self.head_dim}) must divide the width of every "
+                                 f"attention level; {c} is not divisible")
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError("in_channels and out_channels must be >= 1")
+
+    @property
+    def downsampling_factor(self) -> int:
+        """H and W must be multiples of this."""
+        return 2 ** (len(self.channels) - 1)
+
+
+# Named configurations (the defaults above are "shapes-small").
+unet_presets: dict[str, UNetConfig] = {
+    # The default model of the shapes world: diffusion in the 16x16x4 latent of the KL
+    # autoencoder (f = 4). 6.96M parameters, 397 MFLOP per forward pass per image. Why 16x16 and
+    # not 8x8: shapes are 16-24 px wide, i.e. 4-6 latent pixels at f = 4 but 2-3 at f = 8, and
+    # telling a star from a circle, or placing centres to the 4 px the scorer checks, from 2-3
+    # latent pixels leaves all of the work to the decoder.
+    "shapes-small": UNetConfig(),
+    # The same network on 4x4 pixel-unshuffled 64x64 RGB (16x16x48), for the pixel-space A/B.
+    "shapes-small-pixel": UNetConfig(in_channels=48, out_channels=48),
+    # The same network without its 16x16 level, for 8x8x4 latents (f = 8): 7.6M parameters,
+    # 301 MFLOP per image.
+    "shapes-small-f8": UNetConfig(channels=(128, 192), blocks_per_level=(1, 1),
+                                  attention_levels=(0, 1)),
+}
+
+
+class _Stage(nn.Module):
+    """One ResBlock, optionally followed by a TransformerBlock (a step of the U-Net)."""
+
+    def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, emb_dim: int,
+                 attention: bool) -> None:
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, emb_dim, max_groups=cfg.max_norm_groups,
+                            dropout=cfg.dropout, zero_init=cfg.zero_init_residual)
+        self.attn = (
+            TransformerBlock(out_ch, cfg.context_dim, out_ch // cfg.head_dim,
+                             mlp_ratio=cfg.mlp_ratio, zero_init=cfg.zero_init_residual)
+            if attention else None
+        )
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        h = self.res(h, emb)
+        if self.attn is not None:
+            h = self.attn(h, context, mask)
+        return h
+
+
+class UNet(nn.Module):
+    """Conditional U-Net: forward(x (B,C,H,W), t (B,) float, context (B,L,D) | None,
+    context_mask (B,L) bool | None) -> (B, out_channels, H, W)."""
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = config if config is not None else UNetConfig()
+        self.config = cfg
+        ch = cfg.channels
+        emb_dim = cfg.time_embed_dim or 4 * ch[0]
+        self.time_mlp = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
+        if cfg.context_dim is not None:
+            self.null_context = nn.Parameter(torch.zeros(1, 1, cfg.context_dim))  # (1, 1, D)
+            self.pool_proj = (nn.Linear(cfg.context_dim, emb_dim) if cfg.pooled_context
+                              else None)
+        else:
+            self.null_context = None
+            self.pool_proj = None
+
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        extra = cfg.extra_up_block
+        skip_channels = [ch[0]] if extra else []
+        self.down = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        c_prev = ch[0]
+        for i, c in enumerate(ch):
+            stages = nn.ModuleList()
+            for _ in range(cfg.blocks_per_level[i]):
+                stages.append(_Stage(c_prev, c, cfg, emb_dim, i in cfg.attention_levels))
+                c_prev = c
+                skip_channels.append(c)
+            self.down.append(stages)
+            if i < len(ch) - 1:
+                self.downsamplers.append(Downsample(c))
+                if extra:
+                    skip_channels.append(c)
+
+        self.mid1 = _Stage(c_prev, c_prev, cfg, emb_dim, cfg.mid_attention)
+        self.mid2 = ResBlock(c_prev, c_prev, emb_dim, max_groups=cfg.max_norm_groups,
+                             dropout=cfg.dropout, zero_init=cfg.zero_init_residual)
+
+        self.up = nn.ModuleList()  # stored from the lowest resolution up
+        self.upsamplers = nn.ModuleList()
+        for i in reversed(range(len(ch))):
+            stages = nn.ModuleList()
+            for _ in range(cfg.blocks_per_level[i] + extra):
+                stages.append(_Stage(c_prev + skip_channels.pop(), ch[i], cfg, emb_dim,
+                                     i in cfg.attention_levels))
+                c_prev = ch[i]
+            self.up.append(stages)
+            if i > 0:
+                up = Upsample(ch[i], ch[i - 1] if cfg.upsample == "project" else ch[i],
+                              mode=cfg.upsample)
+                self.upsamplers.append(up)
+                c_prev = up.out_channels
+
+        self.norm_out = group_norm(ch[0], cfg.max_norm_groups)
+        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+        if cfg.zero_init_output:
+            zero_(self.conv_out)
+
+    def _text_inputs(self, batch: int, context: Tensor | None,
+                     context_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """Validate the text inputs; context None -> the learned null token (B, 1, D)."""
+        if self.config.context_dim is None:
+            if context is not None:
+                raise ValueError("this UNet is unconditional (context_dim=None); pass context=None")
+            return None, None
+        if context is None:
+            context = self.null_context.expand(batch, 1, -1)  # (B, 1, D)
+            return context, torch.ones(batch, 1, dtype=torch.bool, device=context.device)
+        if context.ndim != 3 or context.shape[::2] != (batch, self.config.context_dim):
+            raise ValueError(f"context must have shape (B={batch}, L, D={self.config.context_dim}),"
+                             f" got {tuple(context.shape)}")
+        if context_mask is not None and (context_mask.shape != context.shape[:2]
+                                         or context_mask.dtype != torch.bool):
+            raise ValueError(f"context_mask must be a bool tensor of shape "
+                             f"{tuple(context.shape[:2])}, got {context_mask.dtype} "
+                             f"{tuple(context_mask.shape)}")
+        return context, context_mask
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cfg = self.config
+        b, c, height, width = x.shape  # (B, C_in, H, W)
+        f = cfg.downsampling_factor
+        if c != cfg.in_channels or height % f or width % f:
+            raise ValueError(f"x must be (B, {cfg.in_channels}, H, W) with H and W divisible by "
+                             f"{f}; got {tuple(x.shape)}")
+        if t.ndim == 0:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise ValueError(f"t must have shape (B,) = ({b},), got {tuple(t.shape)}")
+        context, context_mask = self._text_inputs(b, context, context_mask)
+
+        emb = self.time_mlp(timestep_embedding(t, cfg.channels[0]).to(x.dtype))  # (B, E)
+        if self.pool_proj is not None:
+            if context_mask is None:
+                pooled = context.mean(dim=1)  # (B, D)
+            else:
+                w = context_mask.to(context.dtype)[:, :, None]  # (B, L, 1)
+                pooled = (context * w).sum(1) / w.sum(1).clamp_min(1.0)
+            emb = emb + self.pool_proj(pooled)
+
+        extra = cfg.extra_up_block
+        h = self.conv_in(x)
+        skips = [h] if extra else []
+        for i, stages in enumerate(self.down):
+            for stage in stages:
+                h = stage(h, emb, context, context_mask)
+                skips.append(h)
+            if i < len(self.downsamplers):
+                h = self.downsamplers[i](h)
+                if extra:
+                    skips.append(h)
+
+        h = self.mid2(self.mid1(h, emb, context, context_mask), emb)
+
+        for j, stages in enumerate(self.up):
+            for stage in stages:
+                h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            if j < len(self.upsamplers):
+                h = self.upsamplers[j](h)
+
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+

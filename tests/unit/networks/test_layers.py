@@ -1,0 +1,122 @@
+"""Building blocks against closed forms and naive reference implementations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pictor.networks.layers import (
+    CrossAttention,
+    ResBlock,
+    SelfAttention,
+    TransformerBlock,
+    attention,
+    timestep_embedding,
+)
+
+
+def naive_attention(q, k, v, key_mask=None):
+    """softmax(Q K^T / sqrt(d)) V with masked keys set to -inf (Vaswani et al. 2017, Eq. 1)."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, N, L)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def test_timestep_embedding_matches_closed_form():
+    t = torch.tensor([0.0, 1.5, 17.0, 999.0])
+    dim, max_period = 8, 10000.0
+    emb = timestep_embedding(t, dim, max_period)
+    assert emb.shape == (4, dim)
+    half = dim // 2
+    for b, tb in enumerate(t.tolist()):
+        for i in range(half):
+            w = max_period ** (-i / half)
+            assert emb[b, i].item() == pytest.approx(math.cos(tb * w), abs=1e-5)
+            assert emb[b, half + i].item() == pytest.approx(math.sin(tb * w), abs=1e-5)
+
+
+def test_timestep_embedding_matches_diffusers():
+    embeddings = pytest.importorskip("diffusers.models.embeddings")
+    t = torch.tensor([0.0, 0.5, 250.0, 999.0])
+    ref = embeddings.get_timestep_embedding(t, 64, flip_sin_to_cos=True, downscale_freq_shift=0)
+    torch.testing.assert_close(timestep_embedding(t, 64), ref)
+
+
+def test_timestep_embedding_odd_dim_pads_zero_and_rejects_2d():
+    emb = timestep_embedding(torch.tensor([3.0]), 7)
+    assert emb.shape == (1, 7) and emb[0, -1].item() == 0.0
+    with pytest.raises(ValueError, match=r"\(B,\)"):
+        timestep_embedding(torch.zeros(2, 1), 8)
+
+
+def test_attention_equals_naive_softmax_with_mask():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 2, 5, 8, generator=g)
+    k = torch.randn(3, 2, 7, 8, generator=g)
+    v = torch.randn(3, 2, 7, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0, 0]],
+                        dtype=torch.bool)
+    torch.testing.assert_close(attention(q, k, v, mask), naive_attention(q, k, v, mask))
+    torch.testing.assert_close(attention(q, k, v), naive_attention(q, k, v))
+
+
+def test_attention_row_without_keys_gives_zeros_not_nan():
+    q, k, v = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 5, 4), torch.randn(2, 1, 5, 4)
+    mask = torch.tensor([[True] * 5, [False] * 5])
+    out = attention(q, k, v, mask)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    torch.testing.assert_close(out[0], naive_attention(q, k, v, mask)[0])
+
+
+def test_self_attention_matches_naive_multihead():
+    torch.manual_seed(0)
+    layer = SelfAttention(16, num_heads=4)
+    x = torch.randn(2, 6, 16)
+    q, k, v = (x @ w.T + b for w, b in zip(layer.qkv.weight.chunk(3), layer.qkv.bias.chunk(3),
+                                              strict=True))
+    split = lambda a: a.view(2, 6, 4, 4).transpose(1, 2)
+    ref = naive_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(2, 6, 16)
+    torch.testing.assert_close(layer(x), layer.out(ref))
+
+
+def test_cross_attention_ignores_padding_tokens():
+    """Appending masked tokens with arbitrary values must not change the output."""
+    torch.manual_seed(0)
+    layer = CrossAttention(16, context_dim=12, num_heads=2)
+    x = torch.randn(2, 9, 16)
+    context = torch.randn(2, 4, 12)
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    padded = torch.cat([context, 100 * torch.randn(2, 3, 12)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(2, 3, dtype=torch.bool)], dim=1)
+    short = layer(x[1:], context[1:, :2])  # the second row without its padding at all
+    torch.testing.assert_close(layer(x, padded, padded_mask), layer(x, context, mask))
+    torch.testing.assert_close(layer(x, context, mask)[1:], short)
+
+
+def test_zero_init_blocks_start_as_identity():
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 4, 4)
+    res = ResBlock(32, 32, emb_dim=8, zero_init=True)
+    torch.testing.assert_close(res(x, torch.randn(2, 8)), x)
+    block = TransformerBlock(32, context_dim=12, num_heads=2, zero_init=True)
+    torch.testing.assert_close(block(x, torch.randn(2, 5, 12)), x)
+
+
+def test_resblock_film_scale_shift():
+    """The block computes x + conv2(silu(norm2(h) * (1 + scale) + shift)), h = conv1(silu(norm1(x)))
+    and [scale, shift] = emb_proj(silu(emb)) (Dhariwal & Nichol 2021, Sec. 3)."""
+    torch.manual_seed(0)
+    block = ResBlock(4, 4, emb_dim=3)
+    emb = torch.randn(2, 3)
+    x = torch.randn(2, 4, 5, 5)
+    h = block.norm2(block.conv1(torch.nn.functional.silu(block.norm1(x))))
+    scale, shift = block.emb_proj(torch.nn.functional.silu(emb)).chunk(2, dim=1)
+    h = h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    expected = x + block.conv2(torch.nn.functional.silu(h))
+    torch.testing.assert_close(block(x, emb), expected)
+    with pytest.raises(ValueError, match="embedding"):
+        block(x)
