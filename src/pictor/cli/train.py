@@ -1,0 +1,113 @@
+"""`pictor train` and `pictor train-autoencoder`: thin wrappers over pictor.training.
+
+    pictor train --config configs/shapes.yaml [--section.key=value ...] [--resume latest]
+    pictor train-autoencoder --config configs/autoencoder.yaml [--section.key=value ...]
+
+Overrides are dotted paths into the config (see pictor.config), always in the `--a.b=value`
+form. `--resume latest` continues from the newest complete checkpoint of the run folder (or
+starts fresh if there is none); `--resume PATH` from a given checkpoint folder, whose saved
+config is used when --config is omitted. Under torchrun, every process runs the same command
+(see pictor.training.distributed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+_OVERRIDE = re.compile(r"^--[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
+
+
+class _OverridesParser(argparse.ArgumentParser):
+    """An ArgumentParser that also accepts `--a.b=value` config overrides anywhere.
+
+    argparse has no notion of open-ended option names, so the overrides are taken out of the
+    argument list before the regular parse and stored as `namespace.overrides`.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        args = list(sys.argv[1:] if args is None else args)
+        overrides = [a for a in args if _OVERRIDE.match(a)]
+        rest = [a for a in args if not _OVERRIDE.match(a)]
+        namespace, extras = super().parse_known_args(rest, namespace)
+        namespace.overrides = list(getattr(namespace, "overrides", None) or []) + overrides
+        return namespace, extras
+
+
+def _add(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name, help=help_text, description=help_text,
+        epilog="Config overrides: --section.key=value, e.g. --training.max_steps=500 "
+               "--optimizer.lr=1e-4 --training.validation_prompts='[\"a red circle\"]'.")
+    parser.__class__ = _OverridesParser  # same parser, plus the override handling above
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML config file (e.g. configs/shapes.yaml)")
+    parser.add_argument("--resume", default=None, metavar="latest|PATH",
+                        help="continue from the newest complete checkpoint of the run folder "
+                             "('latest') or from a checkpoint folder")
+    return parser
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = _add(subparsers, "train", "Train the text-conditional diffusion U-Net.")
+    p.set_defaults(func=run_train)
+    p = _add(subparsers, "train-autoencoder",
+             "Train the KL autoencoder for latent diffusion; stores its latent scaling_factor.")
+    p.set_defaults(func=run_train_autoencoder)
+
+
+def _resolve_config(args: argparse.Namespace, cls: type):
+    from pictor.config import apply_overrides, from_dict, load_config, validate
+
+    if args.config is None:
+        if args.resume and args.resume != "latest":
+            import yaml
+
+            saved = Path(args.resume) / "config.yaml"
+            if not saved.is_file():
+                raise ValueError(f"{saved} does not exist; pass --config")
+            data = apply_overrides(yaml.safe_load(saved.read_text()) or {}, args.overrides, cls)
+            config = from_dict(cls, data)
+            validate(config)
+            return config
+        raise ValueError("pass --config FILE (e.g. configs/shapes.yaml), or --resume "
+                         "CHECKPOINT_FOLDER to reuse a checkpoint's config")
+    return load_config(args.config, cls, args.overrides)
+
+
+def _run(args: argparse.Namespace, which: str) -> int:
+    from pictor.config import AutoencoderTrainConfig, TrainConfig
+    from pictor.training.loop import NonFiniteLossError
+
+    try:
+        if which == "train":
+            from pictor.training.trainer import train
+
+            config = _resolve_config(args, TrainConfig)
+            result = train(config, resume=args.resume)
+        else:
+            from pictor.training.autoencoder import train_autoencoder
+
+            config = _resolve_config(args, AutoencoderTrainConfig)
+            result = train_autoencoder(config, resume=args.resume)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result.last_checkpoint is not None:  # rank 0 only
+        final = f"last loss {result.losses[-1]:.5f}, " if result.losses else ""
+        print(f"done: step {result.step}, {final}run folder {result.run_dir}, "
+              f"checkpoint {result.last_checkpoint}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    return _run(args, "train")
+
+
+def run_train_autoencoder(args: argparse.Namespace) -> int:
+    return _run(args, "train-autoencoder")

@@ -1,0 +1,504 @@
+"""Typed experiment configs: one dataclass per component, YAML load/save, `--a.b=value` overrides.
+
+A run is described by one `TrainConfig` (or `AutoencoderTrainConfig` for `pictor
+train-autoencoder`), a tree of dataclasses whose every default is commented below. Component
+configs owned by other areas are used as they are (`UNetConfig` from `pictor.networks.unet`,
+`AutoencoderConfig` from `pictor.networks.autoencoder`, `ScheduleConfig` from
+`pictor.diffusion.schedules`), so a field added there is configurable here without edits.
+
+The resolved config (file + overrides) is written as `config.yaml` into every run folder and into
+every checkpoint (EDM's training_options.json plays the same part).
+
+Overrides use dotted paths into the tree, e.g. `--training.max_steps=500`,
+`--optimizer.betas=[0.9,0.99]`, `--diffusion.min_snr_gamma=null`. Values are converted to the
+field's annotated type; an unknown key is a ValueError that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from pictor.diffusion.schedules import ScheduleConfig
+from pictor.networks.autoencoder import AutoencoderConfig
+from pictor.networks.unet import UNetConfig
+
+T = TypeVar("T")
+
+# ----------------------------------------------------------------------------------------------
+# Component configs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    # Folder in the imagefolder layout: image files plus metadata.jsonl with one
+    # {"file_name": ..., "text": ...} object per line (written by `pictor data synth`).
+    path: str = "data/shapes"
+    # Images are resized (bicubic) to image_size x image_size when they differ; 64 is the
+    # shapes-world canvas.
+    image_size: int = 64
+    # Use only the first max_images records (None: all of them); small values make quick tests.
+    max_images: int | None = None
+    # Folder for the text-embedding and latent caches (safetensors keyed by data + encoder
+    # identity). None keeps the caches in memory only, recomputed by every run.
+    cache_dir: str | None = None
+
+
+@dataclass
+class TextEncoderConfig:
+    # `pictor.text.encoders.load_text_encoder` spec: "minilm" (the pip-packaged all-MiniLM-L6-v2,
+    # 384-d) or a local folder holding a Hugging Face encoder. Frozen: embeddings are computed once
+    # per unique caption and cached.
+    spec: str = "minilm"
+    # Token budget L: longer prompts are truncated with a warning (32 covers every canonical
+    # shapes prompt). The embedding cache trims L to the longest caption actually seen.
+    max_length: int = 32
+
+
+@dataclass
+class LatentSpaceConfig:
+    # Where diffusion runs. "pixel": on the images themselves (optionally pixel-unshuffled);
+    # "autoencoder": on the latents of a KL autoencoder trained by `pictor train-autoencoder`.
+    kind: Literal["pixel", "autoencoder"] = "pixel"
+    # Pixel space only: fold each k x k block of pixels into channels (Shi et al. 2016,
+    # pixel shuffle), so the U-Net sees (3*k*k, H/k, W/k); 1 disables it.
+    pixel_unshuffle_factor: int = 1
+    # Autoencoder space only: the safetensors file written by `pictor train-autoencoder`
+    # (its config, including scaling_factor, is read from the file's metadata).
+    autoencoder_path: str | None = None
+
+
+@dataclass
+class DiffusionConfig:
+    # Noise schedule (kind, num_timesteps, betas, zero-terminal-SNR): pictor.diffusion.schedules.
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # What the network predicts: "eps" (Ho et al. 2020), "v" (Salimans & Ho 2022) or "x0".
+    prediction_type: Literal["eps", "v", "x0"] = "v"
+    # Min-SNR-gamma loss weighting (Hang et al. 2023, eq. 9); None: unweighted MSE on the target.
+    min_snr_gamma: float | None = 5.0
+
+
+@dataclass
+class OptimizerConfig:
+    # AdamW (Loshchilov & Hutter 2019) peak learning rate.
+    lr: float = 2e-4
+    # Adam moment decay rates (beta1, beta2).
+    betas: tuple[float, float] = (0.9, 0.999)
+    # Decoupled weight decay.
+    weight_decay: float = 0.01
+    # Adam epsilon.
+    eps: float = 1e-8
+    # Linear warm-up from 0 to lr over this many optimizer steps.
+    warmup_steps: int = 500
+    # After warm-up: "constant" keeps lr; "cosine" decays it to min_lr_ratio * lr at max_steps.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # Floor of the cosine schedule as a fraction of lr.
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainingConfig:
+    # Global batch per optimizer step, summed over all processes and accumulation steps.
+    batch_size: int = 64
+    # Micro-batches accumulated per optimizer step; batch_size must divide by
+    # grad_accum_steps * world_size.
+    grad_accum_steps: int = 1
+    # Number of optimizer steps of the run.
+    max_steps: int = 20000
+    # Clip the global gradient norm to this value (None: no clipping, the norm is still logged).
+    grad_clip_norm: float | None = 1.0
+    # EMA decay per optimizer step of the weights used for sampling.
+    ema_decay: float = 0.999
+    # When set, replaces ema_decay by 0.5 ** (1 / ema_halflife_steps) (EDM's half-life form).
+    ema_halflife_steps: float | None = None
+    # Ramp the EMA decay as min(decay, (1 + n) / (10 + n)) so early averages are not dominated by
+    # the random initialisation.
+    ema_warmup: bool = True
+    # Probability of replacing a caption by "" so that the model learns the unconditional
+    # prediction classifier-free guidance needs (Ho & Salimans 2022).
+    caption_dropout_prob: float = 0.1
+    # Autocast dtype: "auto" uses bf16 on CUDA devices that support it and full precision on
+    # CPU; "bf16"/"fp16" force it (fp16 only on CUDA, with loss scaling); "no" disables it.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # "auto": CUDA when available, else CPU. Under torchrun each process takes cuda:LOCAL_RANK.
+    device: str = "auto"
+    # Seeds model init, data order, timesteps, noise and caption dropout.
+    seed: int = 0
+    # Torch intra-op threads per process (None: torch's default).
+    num_threads: int | None = None
+    # Write a checkpoint every this many optimizer steps (and at the end); 0: only at the end.
+    checkpoint_every_steps: int = 1000
+    # Keep the newest N complete checkpoints, delete older ones.
+    keep_last_checkpoints: int = 3
+    # Sample a validation grid every this many steps (and at the end); 0 disables it.
+    validation_every_steps: int = 1000
+    # Fixed prompts of the validation grid.
+    validation_prompts: list[str] = field(
+        default_factory=lambda: [
+            "a red circle",
+            "a blue square and a yellow triangle",
+            "three stars",
+            "a green circle to the left of a purple star",
+        ]
+    )
+    # Sampler, number of steps and guidance scale of validation grids.
+    validation_sampler: str = "dpm++2m"
+    validation_num_steps: int = 20
+    validation_guidance_scale: float = 4.0
+    # Log metrics (JSONL, TensorBoard when installed) every this many steps.
+    log_every_steps: int = 10
+    # Show a tqdm progress bar (rank 0 only).
+    progress_bar: bool = True
+    # Run folder: config.yaml, metrics.jsonl, checkpoints/, samples/, final/, loss_curve.png.
+    output_dir: str = "runs/shapes"
+
+
+@dataclass
+class TrainConfig:
+    """Everything `pictor train` needs; see configs/shapes.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    latent_space: LatentSpaceConfig = field(default_factory=LatentSpaceConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+@dataclass
+class AutoencoderLossConfig:
+    # Weight of the mean absolute reconstruction error.
+    l1_weight: float = 1.0
+    # Weight of the mean squared reconstruction error.
+    l2_weight: float = 0.0
+    # Weight of KL(q(z|x) || N(0, I)) per latent element (Kingma & Welling 2014); small, as in
+    # Rombach et al. 2022, so latents stay close to the data but bounded.
+    kl_weight: float = 1e-6
+    # Weight of an L1 loss on image gradients (finite differences), a cheap perceptual-free
+    # sharpness term for flat-coloured shapes; 0 disables it.
+    edge_weight: float = 0.0
+
+
+@dataclass
+class AutoencoderTrainConfig:
+    """Everything `pictor train-autoencoder` needs; see configs/autoencoder.yaml.
+
+    The training section is shared with diffusion training; caption dropout and validation
+    prompts are not used (validation writes reconstructions instead).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    loss: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3,
+                                                                             warmup_steps=100))
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        output_dir="runs/autoencoder", caption_dropout_prob=0.0, validation_prompts=[]))
+
+
+# ----------------------------------------------------------------------------------------------
+# dict <-> dataclass, with type conversion and clear errors
+# ----------------------------------------------------------------------------------------------
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass tree as plain nested dicts/lists (tuples become lists), ready for YAML/JSON."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"expected a dataclass instance, got {type(config).__name__}")
+    return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
+    """Build dataclass `cls` from nested dicts; missing keys keep their defaults.
+
+    Raises ValueError naming the key path and the valid keys when a key is unknown, and naming the
+    expected type when a value cannot be converted.
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping of keys to values, got "
+                         f"{type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown config key {_join(where, unknown[0])!r}; valid keys"
+            f"{' of ' + repr(where) if where else ''}: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(value, hints[name], _join(where, name))
+    return cls(**kwargs)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _is_optional(tp: Any) -> tuple[bool, list[Any]]:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = list(typing.get_args(tp))
+        return type(None) in args, [a for a in args if a is not type(None)]
+    return False, [tp]
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value (or an override's raw string) to annotated type `tp`."""
+    optional, choices = _is_optional(tp)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~")
+                         and (optional or tp is not str)):
+        if optional:
+            return None
+        raise ValueError(f"{where}: may not be null (expected {_type_name(tp)})")
+    errors = []
+    for choice in choices:
+        try:
+            return _convert_one(value, choice, where)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not a valid "
+                     f"{_type_name(tp)}")
+
+
+def _convert_one(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, str):
+            raise ValueError(f"{where} is a section, not a value; set its fields, e.g. "
+                             f"--{where}.{dataclasses.fields(tp)[0].name}=...")
+        return from_dict(tp, value, where=where)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        for a in allowed:
+            if value == a or (isinstance(value, str) and str(a) == value):
+                return a
+        raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())  # YAML 1.1 reads "1e-4" as a string
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)  # override string such as "[0.9, 0.99]"
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is list:
+            item = args[0] if args else Any
+            return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in
+                     enumerate(zip(value, args or [Any] * len(value), strict=True)))
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ValueError(f"{where}: cannot convert {value!r} to {_type_name(tp)}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides, YAML files
+# ----------------------------------------------------------------------------------------------
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> dict[str, Any]:
+    """Apply `--a.b=value` (or `a.b=value`) strings to nested dict `data`, checking keys on `cls`.
+
+    Returns a new dict; values stay strings here and are converted by `from_dict`.
+    """
+    out = _deepcopy_dict(data)
+    for raw in overrides:
+        text = raw[2:] if raw.startswith("--") else raw
+        if "=" not in text:
+            raise ValueError(f"override {raw!r} must look like --section.key=value")
+        key, value = text.split("=", 1)
+        parts = key.strip().split(".")
+        node_cls: Any = cls
+        node = out
+        for i, part in enumerate(parts):
+            where = ".".join(parts[:i])
+            if not dataclasses.is_dataclass(node_cls):
+                raise ValueError(f"override {raw!r}: {where!r} is a value, not a section")
+            names = [f.name for f in dataclasses.fields(node_cls) if f.init]
+            if part not in names:
+                raise ValueError(
+                    f"unknown config key {'.'.join(parts[: i + 1])!r} in override {raw!r}; valid "
+                    f"keys{' of ' + repr(where) if where else ''}: {', '.join(sorted(names))}"
+                )
+            field_type = typing.get_type_hints(node_cls)[part]
+            if i == len(parts) - 1:
+                node[part] = value
+            else:
+                sub = node.get(part)
+                if not isinstance(sub, dict):
+                    sub = {}
+                    node[part] = sub
+                node = sub
+                _, choices = _is_optional(field_type)
+                node_cls = choices[0]
+    return out
+
+
+def _deepcopy_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy_dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_config(path: str | Path | None, cls: type[T] = TrainConfig,  # type: ignore[assignment]
+                overrides: list[str] | None = None) -> T:
+    """Read YAML file `path` (None: all defaults), apply overrides, return a typed config."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the top level must be a mapping of sections")
+    data = apply_overrides(data, overrides or [], cls)
+    config = from_dict(cls, data)
+    validate(config)
+    return config
+
+
+def config_from_yaml_text(text: str, cls: type[T]) -> T:
+    """Parse a config saved by `dump_yaml` (checkpoints, run folders)."""
+    return from_dict(cls, yaml.safe_load(text) or {})
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None, width=100)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically: temp file then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dump_yaml(config))
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation of values that types alone do not catch
+# ----------------------------------------------------------------------------------------------
+
+
+def validate(config: Any) -> None:
+    """Raise ValueError with an actionable message for inconsistent settings."""
+    if isinstance(config, (TrainConfig, AutoencoderTrainConfig)):
+        _validate_training(config.training)
+        _validate_optimizer(config.optimizer)
+        if config.data.image_size <= 0:
+            raise ValueError(f"data.image_size must be positive, got {config.data.image_size}")
+    if isinstance(config, TrainConfig):
+        ls = config.latent_space
+        if ls.pixel_unshuffle_factor < 1:
+            raise ValueError("latent_space.pixel_unshuffle_factor must be >= 1")
+        if ls.kind == "pixel" and config.data.image_size % ls.pixel_unshuffle_factor:
+            raise ValueError(
+                f"data.image_size={config.data.image_size} is not divisible by "
+                f"latent_space.pixel_unshuffle_factor={ls.pixel_unshuffle_factor}")
+        if ls.kind == "autoencoder" and not ls.autoencoder_path:
+            raise ValueError("latent_space.kind=autoencoder needs latent_space.autoencoder_path "
+                             "(a file written by `pictor train-autoencoder`)")
+        if config.diffusion.min_snr_gamma is not None and config.diffusion.min_snr_gamma <= 0:
+            raise ValueError("diffusion.min_snr_gamma must be positive or null")
+
+
+def _validate_training(t: TrainingConfig) -> None:
+    for name in ("batch_size", "grad_accum_steps", "max_steps", "log_every_steps"):
+        if getattr(t, name) < 1:
+            raise ValueError(f"training.{name} must be >= 1, got {getattr(t, name)}")
+    for name in ("checkpoint_every_steps", "validation_every_steps", "validation_num_steps"):
+        if getattr(t, name) < 0:
+            raise ValueError(f"training.{name} must be >= 0, got {getattr(t, name)}")
+    if t.keep_last_checkpoints < 1:
+        raise ValueError("training.keep_last_checkpoints must be >= 1")
+    if t.batch_size % t.grad_accum_steps:
+        raise ValueError(f"training.batch_size={t.batch_size} must be divisible by "
+                         f"training.grad_accum_steps={t.grad_accum_steps}")
+    if not 0.0 <= t.caption_dropout_prob <= 1.0:
+        raise ValueError(f"training.caption_dropout_prob must be in [0, 1], got "
+                         f"{t.caption_dropout_prob}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ValueError(f"training.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if t.ema_halflife_steps is not None and t.ema_halflife_steps <= 0:
+        raise ValueError("training.ema_halflife_steps must be positive or null")
+    if t.grad_clip_norm is not None and t.grad_clip_norm <= 0:
+        raise ValueError("training.grad_clip_norm must be positive or null")
+
+
+def _validate_optimizer(o: OptimizerConfig) -> None:
+    if o.lr <= 0:
+        raise ValueError(f"optimizer.lr must be positive, got {o.lr}")
+    if not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ValueError(f"optimizer.betas must lie in [0, 1), got {list(o.betas)}")
+    if o.warmup_steps < 0:
+        raise ValueError("optimizer.warmup_steps must be >= 0")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        raise ValueError("optimizer.min_lr_ratio must be in [0, 1]")

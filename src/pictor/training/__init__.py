@@ -1,0 +1,13 @@
+"""Training: the diffusion and autoencoder trainers on one loop, EMA, checkpoints, DDP, metrics.
+
+    loop.py          run_training: optimizer, warm-up, clipping, accumulation, EMA, checkpoints,
+                     DDP, NaN stop, logging (shared by both trainers)
+    trainer.py       train(TrainConfig): text-conditional diffusion (`pictor train`)
+    autoencoder.py   train_autoencoder(AutoencoderTrainConfig) (`pictor train-autoencoder`)
+    latent_space.py  pixels / pixel-unshuffle / autoencoder latents as the diffusion space
+    checkpoints.py   atomic, verified checkpoints; `latest`
+    distributed.py   torchrun / DDP set-up (one and several machines)
+    ema.py, metrics.py
+
+Submodules are imported explicitly (nothing here), so importing one stays light.
+"""

@@ -1,0 +1,189 @@
+"""Diffusion training of the text-conditional U-Net (`pictor train`).
+
+`train(config)` runs `DiffusionTask` in the shared loop of training/loop.py (optimizer, EMA,
+checkpoints, DDP, NaN stop, logging). Before the first step the task preloads everything a step
+needs as tensors: the images encoded once into the diffusion space (pixels, pixel-unshuffled
+pixels or autoencoder latents, cached on disk; training/latent_space.py) and one text embedding
+per unique caption, "" and validation prompt (cached on disk; pictor.data.loader). A step then
+only indexes these tensors.
+
+Per example (Ho et al. 2020, Alg. 1, with the choices of the config): (Ho et al. 2020, Alg. 1, with the choices of the config):
+    t ~ U{0..T-1},  eps ~ N(0, I),  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+    caption c replaced by "" with probability caption_dropout_prob (Ho & Salimans 2022)
+    loss = w(t) || f(x_t, t, c) - target ||^2, target eps / v / x0, w = min-SNR-gamma weight
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pictor.config import TrainConfig, save_config
+from pictor.training.distributed import DistInfo, barrier
+from pictor.training.loop import NonFiniteLossError, TrainResult, run_training
+from pictor.training.metrics import save_image_grid
+
+__all__ = ["DiffusionTask", "NonFiniteLossError", "TrainResult", "train"]
+
+
+def text_encoder_identity(spec: str, max_length: int) -> str:
+    """Names the encoder for the embedding cache: spec (resolved folder if local), max_length."""
+    p = Path(spec)
+    name = str(p.resolve()) if p.exists() else spec
+    return f"text-encoder:{name}:max_length={max_length}"
+
+
+class DiffusionTask:
+    """Text-conditional diffusion on preloaded tensors (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, dist: DistInfo) -> None:
+        from pictor.data.loader import ImageFolderDataset, TextEmbeddingTable, encode_images_cached
+        from pictor.diffusion.schedules import NoiseSchedule
+        from pictor.networks.unet import UNet
+        from pictor.training.latent_space import build_latent_codec
+
+        self.config = config
+        self.device = dist.device
+        dcfg, tcfg = config.data, config.training
+        dataset = ImageFolderDataset(dcfg.path, image_size=dcfg.image_size,
+                                     max_images=dcfg.max_images)
+        self.codec = build_latent_codec(config.latent_space, self.device)
+
+        # Rank 0 fills the on-disk caches first; the other ranks then read them.
+        def build() -> None:
+            captions = dataset.captions + list(tcfg.validation_prompts)
+            self.text = TextEmbeddingTable.build(
+                captions, None, text_encoder_identity(config.text.spec, config.text.max_length),
+                cache_dir=dcfg.cache_dir, encode_loader=lambda: _load_text_encoder(config))
+            self.x = encode_images_cached(
+                dataset, self.codec.encode, self.codec.identity,
+                cache_dir=dcfg.cache_dir if self.codec.kind == "autoencoder" else None,
+            )  # (N, C, h, w)
+
+        if dist.is_main:
+            build()
+        barrier(dist)
+        if not dist.is_main:
+            build()
+        self.caption_rows = self.text.rows(dataset.captions)  # (N,)
+        self.num_examples = len(dataset)
+        self._check_shapes()
+
+        # Seed right before init: loading a text encoder (cache miss) may consume the global RNG.
+        torch.manual_seed(tcfg.seed)
+        self.model = UNet(config.model)
+        self.schedule = NoiseSchedule.from_config(config.diffusion.schedule)
+        self.alphas_cumprod = self.schedule.alphas_cumprod.to(self.device)  # (T,) float64
+        self.x = self.x.to(self.device)
+        self.emb = self.text.emb.to(self.device)    # (U, L, D)
+        self.mask = self.text.mask.to(self.device)  # (U, L)
+
+    def _check_shapes(self) -> None:
+        mcfg = self.config.model
+        c = self.x.shape[1]
+        if mcfg.in_channels != c or mcfg.out_channels != c:
+            raise ValueError(
+                f"the {self.codec.kind} space has {c} channels ({self.codec.identity}) but "
+                f"model.in_channels={mcfg.in_channels}, model.out_channels={mcfg.out_channels}; "
+                f"set --model.in_channels={c} --model.out_channels={c}")
+        d = self.text.emb.shape[-1]
+        if mcfg.context_dim != d:
+            raise ValueError(f"text encoder {self.config.text.spec!r} gives {d}-d embeddings but "
+                             f"model.context_dim={mcfg.context_dim}; set --model.context_dim={d}")
+        h = self.x.shape[-1]
+        f = 2 ** (len(mcfg.channels) - 1)
+        if h % f:
+            raise ValueError(f"the model input is {h}x{h}, not divisible by {f} (the U-Net's "
+                             f"downsampling factor with {len(mcfg.channels)} levels); use fewer "
+                             f"model.channels levels or another image/latent size")
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        from pictor.diffusion.losses import sample_timesteps
+
+        t = sample_timesteps(batch_size, self.schedule.num_timesteps, generator=generator)
+        noise = torch.randn((batch_size, *self.x.shape[1:]), generator=generator)
+        drop = torch.rand(batch_size, generator=generator) < self.config.training.caption_dropout_prob
+        return {"t": t, "noise": noise, "drop": drop}  # (B,), (B, C, h, w), (B,)
+
+    def loss(self, model: nn.Module, indices: torch.Tensor,
+             draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        from pictor.diffusion.forward import q_sample
+        from pictor.diffusion.losses import diffusion_loss
+
+        dev = self.device
+        x0 = self.x.index_select(0, indices.to(dev))                    # (b, C, h, w)
+        rows = torch.where(draws["drop"], torch.full_like(indices, self.text.empty_row),
+                           self.caption_rows.index_select(0, indices)).to(dev)
+        context = self.emb.index_select(0, rows)                        # (b, L, D)
+        mask = self.mask.index_select(0, rows)                          # (b, L)
+        t = draws["t"].to(dev)                                          # (b,)
+        noise = draws["noise"].to(dev)                                  # (b, C, h, w)
+        x_t = q_sample(x0, t, noise, self.alphas_cumprod)
+        pred = model(x_t, t.float(), context, mask)                     # (b, C, h, w)
+        dc = self.config.diffusion
+        return diffusion_loss(pred.float(), x0, noise, t, self.alphas_cumprod,
+                              dc.prediction_type, min_snr_gamma=dc.min_snr_gamma)
+
+    @torch.no_grad()
+    def sample(self, unet: nn.Module, prompts: list[str], *, num_steps: int,
+               guidance_scale: float, sampler: str = "dpm++2m", seed: int = 0) -> torch.Tensor:
+        """Images (n, 3, H, W) in [-1, 1] for `prompts` (which must be in the text table)."""
+        from pictor.diffusion.denoiser import Denoiser
+        from pictor.guidance import CFG
+        from pictor.samplers import get_sampler
+
+        n = len(prompts)
+        context, mask = self.text.encode(prompts)
+        empty_c, empty_m = self.text.encode([""] * n)
+        cond = {"context": context.to(self.device), "mask": mask.to(self.device)}
+        uncond = {"context": empty_c.to(self.device), "mask": empty_m.to(self.device)}
+        denoiser = Denoiser(model=lambda x, t, c: unet(x, t, c["context"], c["mask"]),
+                            schedule=self.schedule,
+                            prediction_type=self.config.diffusion.prediction_type)
+        gen = torch.Generator().manual_seed(seed)
+        x_T = torch.randn((n, *self.x.shape[1:]), generator=gen).to(self.device)
+        z = get_sampler(sampler)(denoiser, x_T, num_steps, cond=cond,
+                                 guidance=CFG(scale=guidance_scale, uncond=uncond),
+                                 generator=gen)
+        return self.codec.decode(z.float())
+
+    def validate(self, ema_module: nn.Module, step: int, run_dir: Path) -> dict[str, float]:
+        tcfg = self.config.training
+        prompts = list(tcfg.validation_prompts)
+        if not prompts:
+            return {}
+        ema_module.eval()
+        images = self.sample(ema_module, prompts, num_steps=tcfg.validation_num_steps,
+                             guidance_scale=tcfg.validation_guidance_scale,
+                             sampler=tcfg.validation_sampler, seed=tcfg.seed)
+        save_image_grid(images, prompts, run_dir / "samples" / f"step_{step:09d}.png")
+        return {}
+
+    def finish(self, ema_module: nn.Module, run_dir: Path) -> None:
+        from pictor.networks.io import save_module
+
+        final = run_dir / "final"
+        final.mkdir(parents=True, exist_ok=True)
+        # EMA weights with their UNetConfig (load_module(UNet, UNetConfig, path)); config.yaml
+        # holds what sampling needs besides: text encoder, schedule, prediction type, space.
+        save_module(ema_module, self.config.model, final / "unet.safetensors")
+        save_config(self.config, final / "config.yaml")
+
+
+def _load_text_encoder(config: TrainConfig) -> Callable[[list[str]], Any]:
+    from pictor.text.encoders import load_text_encoder
+
+    encoder = load_text_encoder(config.text.spec, config.text.max_length)
+    return encoder.encode
+
+
+def train(config: TrainConfig, *, resume: str | None = None,
+          dist_info: DistInfo | None = None) -> TrainResult:
+    """Train the text-conditional U-Net described by `config` (`pictor train`)."""
+    return run_training(config, lambda dist: DiffusionTask(config, dist), resume=resume,
+                        dist_info=dist_info)
+
