@@ -1,0 +1,322 @@
+"""Text-to-image sampling from a trained model folder: `load_pipeline(model_dir).generate(prompt)`.
+
+A model folder is a training run's `final/` folder (or a copy of it, e.g. models/shapes-v0):
+- `unet.safetensors`: EMA weights of the U-Net, its UNetConfig in the safetensors metadata;
+- `config.yaml`: the resolved TrainConfig (text encoder spec and max_length, latent space,
+  noise schedule, prediction type, image size);
+- `autoencoder.safetensors` (latent models only; else the config's autoencoder_path is used).
+
+Reproducibility contract: image i of a call uses its own CPU generator seeded with seed + i, for
+x_T and for every noise draw of the sampler, so image i is the same whatever num_images; the
+network calls of the n images (and of the two CFG halves, Ho & Salimans 2022) are batched. On
+CPU the pixels are bit-identical across runs, processes and torch thread counts (tested).
+
+The text encoder is loaded once per pipeline and each prompt is encoded once (cached); the
+embeddings are padded to the encoder's max_length, then trimmed to the longest real token run of
+the prompts in one call (masked keys carry exactly zero attention weight).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pictor.config import TrainConfig, config_from_yaml_text
+from pictor.diffusion.denoiser import Denoiser
+from pictor.diffusion.forward import q_sample
+from pictor.diffusion.schedules import NoiseSchedule
+from pictor.guidance import CFG, expand_cond
+from pictor.networks.codec import LatentCodec, build_codec
+from pictor.networks.io import load_module
+from pictor.networks.unet import UNet, UNetConfig
+from pictor.provenance import ProvenanceRecord
+from pictor.samplers import SAMPLER_ALIASES, SAMPLERS, get_sampler
+
+UNET_FILE = "unet.safetensors"
+CONFIG_FILE = "config.yaml"
+AUTOENCODER_FILE = "autoencoder.safetensors"
+DEFAULT_GUIDANCE_SCALE = 4.0  # the guidance scale of the shapes validation grids
+DEFAULT_NUM_STEPS = 20
+DEFAULT_SAMPLER = "dpm++2m"
+# Samplers that draw noise at every step: run image by image so each uses only its generator.
+_STOCHASTIC = {"ddpm"}
+
+# callback(step_index, num_steps, t, x_t, x0_pred), as the samplers call it
+Callback = Callable[[int, int, float, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image  # RGB
+    record: ProvenanceRecord  # what made it (its own seed: seed + i)
+
+
+@dataclass
+class TrajectoryStep:
+    step_index: int
+    t: float  # the training timestep the network saw
+    x_t: Image.Image  # the noisy sample the network saw, decoded
+    x0_pred: Image.Image  # the network's estimate of the clean image at this step, decoded
+
+
+def canonical_sampler_name(name: str) -> str:
+    """The canonical name of a sampler alias; ValueError listing the samplers if unknown."""
+    get_sampler(name)
+    key = name.strip().lower()
+    return SAMPLER_ALIASES.get(key, key)
+
+
+def _resolve_model_files(model_dir: str | Path) -> tuple[Path, TrainConfig, Path | None]:
+    """(model folder, its TrainConfig, autoencoder file or None); ValueError naming what's missing."""
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise ValueError(
+            f"model folder {str(model_dir)!r} does not exist; pass the final/ folder of a "
+            "training run (pictor train writes <output_dir>/final/) or set PICTOR_MODEL"
+        )
+    for name in (UNET_FILE, CONFIG_FILE):
+        if not (model_dir / name).is_file():
+            raise ValueError(
+                f"model folder {str(model_dir)!r} has no {name} (looked for "
+                f"{str(model_dir / name)!r}); a model folder is a training run's final/ folder"
+            )
+    config = config_from_yaml_text((model_dir / CONFIG_FILE).read_text(), TrainConfig)
+    ae_path = None
+    if config.latent_space.kind == "autoencoder":
+        tried = [model_dir / AUTOENCODER_FILE]
+        if config.latent_space.autoencoder_path:
+            tried.append(Path(config.latent_space.autoencoder_path))
+        ae_path = next((p for p in tried if p.is_file()), None)
+        if ae_path is None:
+            raise ValueError(
+                f"latent model {str(model_dir)!r} needs its autoencoder; looked for "
+                f"{', '.join(repr(str(p)) for p in tried)}. Copy the file written by "
+                f"`pictor train-autoencoder` into the model folder as {AUTOENCODER_FILE}"
+            )
+    return model_dir, config, ae_path
+
+
+def _digest(files: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """sha256 over the model's weight files (U-Net, autoencoder if any): names sorted, each
+    name then its bytes. What ProvenanceRecord.model_sha256 holds."""
+    model_dir, _, ae_path = _resolve_model_files(model_dir)
+    return _digest([model_dir / UNET_FILE] + ([ae_path] if ae_path else []))
+
+
+def _model_name(model_dir: Path) -> str:
+    d = model_dir.resolve()
+    return f"{d.parent.name}/{d.name}" if d.name == "final" else d.name
+
+
+def tensor_to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> B RGB images (round half away from zero of (x+1)*127.5)."""
+    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    arr = arr.permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
+    return [Image.fromarray(np.ascontiguousarray(a), "RGB") for a in arr]
+
+
+def pil_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB image -> (1, 3, size, size) in [-1, 1] (bicubic resize when the size differs)."""
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC)
+    arr = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())  # (H, W, 3)
+    return (arr.permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0).contiguous()
+
+
+class Pipeline:
+    """A loaded model: U-Net, codec, text encoder and schedule. Build with `load_pipeline`."""
+
+    def __init__(self, model_dir: Path, config: TrainConfig, unet: UNet, codec: LatentCodec,
+                 model_sha256: str, device: torch.device) -> None:
+        self.model_dir = model_dir
+        self.config = config
+        self.unet = unet
+        self.codec = codec
+        self.device = device
+        self.model_sha256 = model_sha256
+        self.model_name = _model_name(model_dir)
+        self.schedule = NoiseSchedule.from_config(config.diffusion.schedule)
+        self.prediction_type = config.diffusion.prediction_type
+        self.image_size = config.data.image_size
+        h = self.image_size // codec.downsampling_factor
+        self.latent_shape = (codec.channels, h, h)  # (C, h, w) of x_T
+        self._text_encoder: Any = None
+        self._embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ text
+    @property
+    def text_encoder(self) -> Any:
+        if self._text_encoder is None:
+            from pictor.text.encoders import load_text_encoder
+
+            t = self.config.text
+            self._text_encoder = load_text_encoder(t.spec, t.max_length, device=self.device)
+        return self._text_encoder
+
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(emb (1, L, D), mask (1, L)) at the encoder's max_length, cached per prompt."""
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        if prompt not in self._embeddings:
+            emb, mask = self.text_encoder.encode([prompt])
+            self._embeddings[prompt] = (emb.to(self.device), mask.to(self.device))
+        return self._embeddings[prompt]
+
+    def _conds(self, prompt: str, negative_prompt: str) -> tuple[dict, dict]:
+        """cond and uncond dicts (batch 1) trimmed to the longest real token run of the two."""
+        (ce, cm), (ue, um) = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
+        length = max(1, int(cm.sum()), int(um.sum()))
+        return ({"context": ce[:, :length], "mask": cm[:, :length]},
+                {"context": ue[:, :length], "mask": um[:, :length]})
+
+    # ------------------------------------------------------------------ sampling
+    def _denoiser(self) -> Denoiser:
+        unet = self.unet
+
+        def model(x, t, c):  # x (B, C, h, w), t (B,), c: {"context": (B, L, D), "mask": (B, L)}
+            return unet(x, t, c["context"], c["mask"])
+
+        return Denoiser(model=model, schedule=self.schedule, prediction_type=self.prediction_type)
+
+    def _check_args(self, num_images: int, seed: int, num_steps: int, guidance_scale: float
+                    ) -> None:
+        if int(num_images) < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        if int(seed) < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if not 1 <= int(num_steps) <= self.schedule.num_timesteps:
+            raise ValueError(f"num_steps must lie in [1, {self.schedule.num_timesteps}], "
+                             f"got {num_steps}")
+        if not np.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+
+    def _initial_noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """x_T (n, C, h, w): row i drawn from its own CPU generator seeded with seeds[i]."""
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        x_T = torch.stack([torch.randn(self.latent_shape, generator=g) for g in gens])
+        return x_T.to(self.device), gens
+
+    def sample_latents(self, prompt: str, seeds: Sequence[int], *, num_steps: int,
+                       sampler: str, guidance_scale: float, negative_prompt: str = "",
+                       callback: Callback | None = None, **sampler_options: Any) -> torch.Tensor:
+        """z_0 (n, C, h, w) for one prompt and n seeds (the reproducibility contract above)."""
+        sample = get_sampler(sampler)
+        cond, uncond = self._conds(prompt, negative_prompt)
+        # Empty prompt without a negative one: the unconditional model, no guidance needed.
+        guidance = None if (prompt == "" and negative_prompt == "") else CFG(
+            scale=float(guidance_scale), uncond=uncond)
+        denoiser = self._denoiser()
+        x_T, gens = self._initial_noise(seeds)
+        stochastic = canonical_sampler_name(sampler) in _STOCHASTIC or (
+            float(sampler_options.get("eta", 0.0)) > 0)
+        with torch.inference_mode():
+            if not stochastic:
+                return sample(denoiser, x_T, num_steps, cond=expand_cond(cond, len(seeds)),
+                              guidance=guidance,
+                              generator=gens[0], callback=callback, **sampler_options)
+            return torch.cat([
+                sample(denoiser, x_T[i:i + 1], num_steps, cond=cond, guidance=guidance,
+                       generator=gens[i], callback=callback, **sampler_options)
+                for i in range(len(seeds))])
+
+    def decode(self, z: torch.Tensor) -> list[Image.Image]:
+        with torch.inference_mode():
+            return tensor_to_pil(self.codec.decode(z.float()))
+
+    def generate(self, prompt: str, *, num_images: int = 1, seed: int = 0,
+                 num_steps: int = DEFAULT_NUM_STEPS, sampler: str = DEFAULT_SAMPLER,
+                 guidance_scale: float = DEFAULT_GUIDANCE_SCALE, negative_prompt: str = "",
+                 callback: Callback | None = None) -> list[GeneratedImage]:
+        """num_images RGB images for `prompt`, image i from seed + i, each with its record."""
+        self._check_args(num_images, seed, num_steps, guidance_scale)
+        name = canonical_sampler_name(sampler)
+        seeds = [int(seed) + i for i in range(int(num_images))]
+        z = self.sample_latents(prompt, seeds, num_steps=int(num_steps), sampler=name,
+                                guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+                                callback=callback)
+        out = []
+        for s, image in zip(seeds, self.decode(z), strict=True):
+            record = ProvenanceRecord(
+                prompt=prompt, seed=s, sampler=name, num_steps=int(num_steps),
+                guidance_scale=float(guidance_scale), model_name=self.model_name,
+                model_sha256=self.model_sha256, negative_prompt=negative_prompt,
+                width=image.width, height=image.height)
+            out.append(GeneratedImage(image=image, record=record))
+        return out
+
+    # ------------------------------------------------------------------ teaching views
+    def trajectory(self, prompt: str, seed: int = 0, num_steps: int = DEFAULT_NUM_STEPS, *,
+                   sampler: str = DEFAULT_SAMPLER,
+                   guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                   negative_prompt: str = "") -> list[TrajectoryStep]:
+        """Per sampler step: the sample x_t the network saw and its x0 prediction, decoded.
+        The final image equals generate(prompt, seed=seed, ...)[0]."""
+        self._check_args(1, seed, num_steps, guidance_scale)
+        seen: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
+
+        def record(i, n, t, x_t, x0):
+            seen.append((i, float(t), x_t.detach().clone(), x0.detach().clone()))
+
+        self.sample_latents(prompt, [int(seed)], num_steps=int(num_steps), sampler=sampler,
+                            guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+                            callback=record)
+        if not seen:
+            return []
+        x_ts = self.decode(torch.cat([s[2] for s in seen]))
+        x0s = self.decode(torch.cat([s[3] for s in seen]))
+        return [TrajectoryStep(i, t, a, b)
+                for (i, t, _, _), a, b in zip(seen, x_ts, x0s, strict=True)]
+
+    def forward_strip(self, image: Image.Image, timesteps: Sequence[int], *, seed: int = 0
+                      ) -> list[Image.Image]:
+        """The forward process q(x_t | x_0) (Ho et al. 2020, eq. 4) of `image` at each training
+        timestep, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with one eps for all t, decoded."""
+        T = self.schedule.num_timesteps
+        ts = [int(t) for t in timesteps]
+        bad = [t for t in ts if not 0 <= t < T]
+        if bad:
+            raise ValueError(f"timesteps must lie in [0, {T - 1}], got {bad}")
+        with torch.inference_mode():
+            z0 = self.codec.encode(pil_to_tensor(image, self.image_size).to(self.device))
+            noise = torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(seed))
+            n = len(ts)
+            z0 = z0.expand(n, -1, -1, -1).double()
+            eps = noise.to(self.device).expand(n, -1, -1, -1).double()
+            t = torch.tensor(ts, dtype=torch.long)
+            x_t = q_sample(z0, t, eps, self.schedule.alphas_cumprod.to(self.device))
+        return self.decode(x_t)
+
+
+def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+    """Load a model folder (see the module docstring); ValueError naming any missing path."""
+    model_dir, config, ae_path = _resolve_model_files(model_dir)
+    device = torch.device(device)
+    unet = load_module(UNet, UNetConfig, model_dir / UNET_FILE, map_location=device)
+    unet = unet.to(device).eval().requires_grad_(False)
+    ls = config.latent_space
+    codec = build_codec(ls.kind, pixel_unshuffle_factor=ls.pixel_unshuffle_factor,
+                        autoencoder_path=ae_path, device=device)
+    sha = _digest([model_dir / UNET_FILE] + ([ae_path] if ae_path else []))
+    return Pipeline(model_dir, config, unet, codec, sha, device)
+
+
+__all__ = ["DEFAULT_GUIDANCE_SCALE", "GeneratedImage", "Pipeline", "SAMPLERS", "TrajectoryStep",
+           "load_pipeline", "model_digest"]

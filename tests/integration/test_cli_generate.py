@@ -1,0 +1,113 @@
+"""`pictor generate / inspect / reproduce / explain` end to end on a tiny trained model: files,
+provenance round trip, exact reproduction (also across processes), exit codes of user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pipeline_support import tiny_model_dir
+
+from pictor.cli.main import main
+from pictor.provenance import DIGITAL_SOURCE_TYPE, read_provenance, save_png
+
+PROMPT = "a red circle"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_model_dir(tmp_path_factory)
+
+
+def generate(model_dir: Path, out: Path, capsys, *extra: str) -> list[Path]:
+    code = main(["generate", PROMPT, "--model", str(model_dir), "-o", str(out), "--steps", "6",
+                 *extra])
+    assert code == 0
+    return [Path(line) for line in capsys.readouterr().out.split()]
+
+
+def test_generate_writes_new_files_with_records(model_dir, tmp_path, capsys):
+    first = generate(model_dir, tmp_path, capsys, "-n", "2", "--seed", "7")
+    second = generate(model_dir, tmp_path, capsys, "-n", "2", "--seed", "7")
+    assert len(first) == 2 and all(p.is_file() for p in first + second)
+    assert not set(first) & set(second), "a second run overwrote the first"
+    assert np.array_equal(np.asarray(Image.open(first[1])), np.asarray(Image.open(second[1])))
+    record = read_provenance(first[1])
+    assert (record.prompt, record.seed, record.num_steps, record.sampler) == (
+        PROMPT, 8, 6, "dpm++2m")
+
+    assert main(["inspect", str(first[0])]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["seed"] == 7 and shown["xmp_digital_source_type"] == DIGITAL_SOURCE_TYPE
+
+
+def test_reproduce_matches_and_detects_changes(model_dir, tmp_path, capsys):
+    [path] = generate(model_dir, tmp_path, capsys, "-n", "1", "--seed", "3",
+                      "--negative", "a blue square", "--guidance", "2.5")
+    assert main(["reproduce", str(path), "--model", str(model_dir)]) == 0
+    assert "match" in capsys.readouterr().out
+    image = Image.open(path)
+    arr = np.asarray(image.convert("RGB")).copy()
+    arr[0, 0] = 255 - arr[0, 0]
+    tampered = save_png(Image.fromarray(arr), tmp_path / "tampered.png", read_provenance(image))
+    assert main(["reproduce", str(tampered), "--model", str(model_dir)]) == 1
+    assert "mismatch" in capsys.readouterr().out
+
+
+def test_same_pixels_in_another_process(model_dir, tmp_path, capsys):
+    [here] = generate(model_dir, tmp_path / "here", capsys, "-n", "1", "--seed", "4",
+                      "--sampler", "euler")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pictor.cli.main", "generate", PROMPT, "--model", str(model_dir),
+         "-o", str(tmp_path / "there"), "--steps", "6", "-n", "1", "--seed", "4",
+         "--sampler", "euler"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    there = Path(proc.stdout.split()[0])
+    assert np.array_equal(np.asarray(Image.open(here)), np.asarray(Image.open(there)))
+
+
+def test_empty_prompt_generates(model_dir, tmp_path, capsys):
+    assert main(["generate", "", "-n", "1", "--steps", "3", "--model", str(model_dir),
+                 "-o", str(tmp_path)]) == 0
+    [path] = capsys.readouterr().out.split()
+    assert read_provenance(path).prompt == ""
+
+
+def test_user_errors_exit_2(model_dir, tmp_path, capsys, monkeypatch):
+    assert main(["generate", PROMPT, "--sampler", "nope", "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown sampler 'nope'" in err and "dpm++2m" in err and "euler" in err
+
+    missing = tmp_path / "no-model"
+    assert main(["generate", PROMPT, "--model", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    monkeypatch.setenv("PICTOR_MODEL", str(missing))
+    assert main(["generate", PROMPT]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    assert main(["inspect", str(plain)]) == 2
+    assert "no pictor provenance record" in capsys.readouterr().err
+
+
+def test_explain_writes_strips_and_gif(model_dir, tmp_path, capsys):
+    [image] = generate(model_dir, tmp_path, capsys, "-n", "1")
+    strip = tmp_path / "forward.png"
+    assert main(["explain", "forward", str(image), "--model", str(model_dir),
+                 "-o", str(strip)]) == 0
+    assert Image.open(strip).width > Image.open(image).width * 4
+
+    reverse, gif = tmp_path / "reverse.png", tmp_path / "reverse.gif"
+    assert main(["explain", "reverse", PROMPT, "--steps", "5", "--model", str(model_dir),
+                 "-o", str(reverse), "--gif", str(gif)]) == 0
+    assert reverse.is_file()
+    animation = Image.open(gif)
+    assert animation.format == "GIF" and animation.n_frames == 5

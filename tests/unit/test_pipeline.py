@@ -1,0 +1,116 @@
+"""pictor.pipeline on a tiny trained model: exact reproducibility (per-image seeds independent of
+the batch, thread count and repetition), the records, the teaching views, input errors."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from pipeline_support import tiny_model_dir  # noqa: E402
+
+from pictor.pipeline import load_pipeline, model_digest  # noqa: E402
+
+PROMPT = "a red circle"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    return load_pipeline(model_dir)
+
+
+def pixels(generated) -> list[np.ndarray]:
+    return [np.asarray(g.image) for g in generated]
+
+
+def test_same_settings_give_identical_pixels_and_image_i_uses_seed_plus_i(pipe):
+    batch = pixels(pipe.generate(PROMPT, num_images=3, seed=5, num_steps=8))
+    again = pixels(pipe.generate(PROMPT, num_images=3, seed=5, num_steps=8))
+    assert all(np.array_equal(a, b) for a, b in zip(batch, again, strict=True))
+    for i in range(3):
+        [single] = pixels(pipe.generate(PROMPT, num_images=1, seed=5 + i, num_steps=8))
+        assert np.array_equal(batch[i], single), f"image {i} depends on the batch"
+    assert not np.array_equal(batch[0], batch[1])  # different seeds, different images
+
+
+def test_stochastic_sampler_draws_noise_per_image(pipe):
+    batch = pixels(pipe.generate(PROMPT, num_images=2, seed=3, num_steps=6, sampler="ddpm"))
+    [single] = pixels(pipe.generate(PROMPT, num_images=1, seed=4, num_steps=6, sampler="ddpm"))
+    assert np.array_equal(batch[1], single)
+
+
+def test_thread_count_does_not_change_pixels(pipe):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = pixels(pipe.generate(PROMPT, num_images=2, seed=11, num_steps=8))
+        torch.set_num_threads(2)
+        two = pixels(pipe.generate(PROMPT, num_images=2, seed=11, num_steps=8))
+    finally:
+        torch.set_num_threads(before)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+def test_records_name_the_seed_sampler_and_model(pipe, model_dir):
+    out = pipe.generate(PROMPT, num_images=2, seed=9, num_steps=4, sampler="DPMPP_2M",
+                        guidance_scale=2.5, negative_prompt="a blue square")
+    r0, r1 = out[0].record, out[1].record
+    assert (r0.seed, r1.seed) == (9, 10)
+    assert r0.sampler == "dpm++2m" and r0.num_steps == 4 and r0.guidance_scale == 2.5
+    assert r0.prompt == PROMPT and r0.negative_prompt == "a blue square"
+    assert r0.model_sha256 == model_digest(model_dir) == pipe.model_sha256
+    assert (r0.width, r0.height) == out[0].image.size and out[0].image.mode == "RGB"
+
+
+def test_empty_prompt_is_the_unconditional_model(pipe):
+    # guidance scale 0 uses only the "" branch, so it must equal the unguided "" sample
+    uncond = pixels(pipe.generate("", num_images=2, seed=1, num_steps=6))
+    scale0 = pixels(pipe.generate(PROMPT, num_images=2, seed=1, num_steps=6, guidance_scale=0.0))
+    for a, b in zip(uncond, scale0, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_trajectory_ends_at_the_generated_image(pipe):
+    steps = pipe.trajectory(PROMPT, seed=2, num_steps=6)
+    assert [s.step_index for s in steps] == list(range(6))
+    assert steps[0].t > steps[-1].t
+    [final] = pixels(pipe.generate(PROMPT, seed=2, num_steps=6))
+    # DPM-Solver++'s last step lands on sigma = 0: the result is the last x0 prediction
+    assert np.array_equal(np.asarray(steps[-1].x0_pred), final)
+
+
+def test_forward_strip_noises_progressively(pipe):
+    [g] = pipe.generate(PROMPT, seed=0, num_steps=4)
+    ts = [0, 500, 999]
+    out = pipe.forward_strip(g.image, ts)
+    assert len(out) == 3 and out[0].size == g.image.size
+    x0 = np.asarray(g.image).astype(int)
+    errors = [np.abs(np.asarray(im).astype(int) - x0).mean() for im in out]
+    assert errors[0] < 3 and errors[0] < errors[1] < errors[2]
+    with pytest.raises(ValueError, match="timesteps must lie in"):
+        pipe.forward_strip(g.image, [1000])
+
+
+def test_bad_inputs_raise_value_errors(pipe, model_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown sampler 'nope'.*dpm\\+\\+2m"):
+        pipe.generate(PROMPT, sampler="nope")
+    with pytest.raises(ValueError, match="num_images"):
+        pipe.generate(PROMPT, num_images=0)
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ValueError, match=str(missing)):
+        load_pipeline(missing)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(model_dir / "config.yaml", partial / "config.yaml")
+    with pytest.raises(ValueError, match="unet.safetensors"):
+        load_pipeline(partial)
