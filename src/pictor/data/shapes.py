@@ -529,6 +529,23 @@ def sample_prompt_and_scene(category: str, rng: np.random.Generator) -> tuple[st
     return caption_for(scene, category, relation), scene
 
 
+def scene_for_prompt(prompt: str, rng: np.random.Generator) -> Scene:
+    """A random scene that `prompt` (canonical grammar) truly describes: the ground truth a
+    perfect model would draw. Objects whose colour the prompt leaves open get a random colour.
+    Used to validate the benchmark end to end (renders of the suite's prompts must pass)."""
+    parsed = parse_prompt(prompt)
+    colors = list(COLORS)
+    kinds = [(obj.shape, obj.color or colors[int(rng.integers(len(colors)))])
+             for obj in parsed.expected_objects()]
+    while True:
+        scene = _place(rng, kinds, parsed.relation)
+        # `_place` may swap the two roles of a `position` pair; keep only draws where the
+        # prompt's subject is the scene's subject, so the relation holds as written.
+        first = scene.shapes[0]
+        if parsed.relation is None or (first.shape, first.color) == kinds[0]:
+            return scene
+
+
 # ---------------------------------------------------------------------------------------------
 # Training mixes
 # ---------------------------------------------------------------------------------------------
