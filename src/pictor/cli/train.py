@@ -56,6 +56,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = _add(subparsers, "train-autoencoder",
              "Train the KL autoencoder for latent diffusion; stores its latent scaling_factor.")
     p.set_defaults(func=run_train_autoencoder)
+    p = subparsers.add_parser(
+        "export-model", help="Make a model folder (to ship or serve) from a finished run.",
+        description="Copy RUN/final plus the training log, loss curve and last validation grid "
+                    "into OUT; optionally store the weights in float16.")
+    p.add_argument("run", type=Path, help="run folder of `pictor train` (holds final/)")
+    p.add_argument("out", type=Path, help="model folder to write, e.g. models/my-model")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="storage dtype of the weights (default float32)")
+    p.set_defaults(func=run_export_model)
+
+
+def run_export_model(args: argparse.Namespace) -> int:
+    from pictor.training.export import export_model
+
+    try:
+        out = export_model(args.run, args.out, dtype=args.dtype)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"model folder: {out}")
+    return 0
 
 
 def _resolve_config(args: argparse.Namespace, cls: type):

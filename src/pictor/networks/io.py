@@ -26,10 +26,13 @@ C = TypeVar("C")
 
 
 def save_module(module: nn.Module, config: Any, path: str | Path,
-                extra_metadata: dict[str, str] | None = None) -> None:
+                extra_metadata: dict[str, str] | None = None,
+                dtype: torch.dtype | None = None) -> None:
     """Write module's state_dict (tensors) and `config` (a dataclass, as JSON) to `path`.
 
     extra_metadata: further string entries for the header (e.g. training step, data hash).
+    dtype: store floating-point tensors in this dtype (e.g. torch.float16 to halve a shipped
+    model); `load_module` casts them back to the module's dtype.
     """
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise ValueError(f"config must be a dataclass instance, got {type(config).__name__}")
@@ -42,6 +45,8 @@ def save_module(module: nn.Module, config: Any, path: str | Path,
         metadata[key] = value
     # safetensors needs contiguous tensors with unshared storage.
     tensors = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
