@@ -39,14 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from pictor.evaluation.benchmark import run_suite
-    from pictor.pipeline import load_pipeline, model_digest
+    from pictor.pipeline import load_pipeline
 
     torch.set_num_threads(args.threads)
     pipeline = load_pipeline(args.model)
     report = run_suite(pipeline, args.suite, images_per_prompt=args.images_per_prompt,
                        num_steps=args.steps, sampler=args.sampler,
                        guidance_scale=args.guidance)
-    data = {"model": str(args.model), "model_sha256": model_digest(args.model),
+    data = {"model": str(args.model), "model_sha256": pipeline.model_sha256,
             "environment": environment(), **report.to_dict()}
     images = data.pop("images")
     write_json("geneval_shapes", data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pictor.cli.generate import _error, resolve_model_dir
+from pictor.cli.generate import _error, load_for_sampling, resolve_model_dir
 
 FORWARD_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0)  # of T - 1
 CELL_PIXELS = 96  # images are upscaled (nearest) to this size in strips and GIFs
@@ -84,12 +84,8 @@ def run_forward(args: argparse.Namespace) -> int:
 
 
 def run_reverse(args: argparse.Namespace) -> int:
-    from pictor.pipeline import DEFAULT_GUIDANCE_SCALE, canonical_sampler_name, load_pipeline
-
     try:
-        canonical_sampler_name(args.sampler)
-        pipe = load_pipeline(resolve_model_dir(args.model))
-        guidance = DEFAULT_GUIDANCE_SCALE if args.guidance is None else args.guidance
+        pipe, guidance = load_for_sampling(args)
         steps = pipe.trajectory(args.prompt, seed=args.seed, num_steps=args.steps,
                                 sampler=args.sampler, guidance_scale=guidance,
                                 negative_prompt=args.negative)

@@ -44,6 +44,18 @@ def resolve_model_dir(model: str | Path | None) -> Path:
     return path
 
 
+def load_for_sampling(args: argparse.Namespace):
+    """(pipeline, guidance_scale) for a sampling command: the sampler name is checked before the
+    model loads (a typo fails fast), `--guidance` unset means the pipeline default.
+    ValueError on a bad sampler or model folder."""
+    from pictor.pipeline import DEFAULT_GUIDANCE_SCALE, canonical_sampler_name, load_pipeline
+
+    canonical_sampler_name(args.sampler)
+    pipe = load_pipeline(resolve_model_dir(args.model))
+    guidance = DEFAULT_GUIDANCE_SCALE if args.guidance is None else args.guidance
+    return pipe, guidance
+
+
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -98,13 +110,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from pictor.pipeline import DEFAULT_GUIDANCE_SCALE, canonical_sampler_name, load_pipeline
     from pictor.provenance import save_png
 
     try:
-        canonical_sampler_name(args.sampler)
-        pipe = load_pipeline(resolve_model_dir(args.model))
-        guidance = DEFAULT_GUIDANCE_SCALE if args.guidance is None else args.guidance
+        pipe, guidance = load_for_sampling(args)
         images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed,
                                num_steps=args.steps, sampler=args.sampler,
                                guidance_scale=guidance, negative_prompt=args.negative)
