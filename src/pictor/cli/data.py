@@ -1,10 +1,14 @@
 """`pictor data ...`: make and inspect data sets.
 
   pictor data synth --num-images N --out DIR [--seed S] [--mix colors=2,position=1] [--workers K]
+                    [--format imagefolder|shards]
+  pictor data prepare INPUT -o OUT [--engine local|spark] [--master URL] [--image-size 64]
+                    [--resize center-crop|pad] [--text-encoder minilm|PATH|none]
+                    [--with-embeddings] [--autoencoder PATH]
   pictor data suites [--name geneval-shapes] [--export FILE]
 
-Each subcommand is a few lines over the library (`pictor.data.synth`, `pictor.data.suites`);
-further subcommands (e.g. `prepare`) add an `_add_<name>(subcommands)` function below.
+Each subcommand is a few lines over the library (`pictor.data.synth`, `pictor.data.engine`,
+`pictor.data.suites`); a further subcommand adds an `_add_<name>(subcommands)` function below.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="make and inspect data sets")
     subcommands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     _add_synth(subcommands)
+    _add_prepare(subcommands)
     _add_suites(subcommands)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
@@ -42,6 +47,9 @@ def _add_synth(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: all CPUs)"
     )
+    parser.add_argument("--format", choices=("imagefolder", "shards"), default="imagefolder",
+                        help="imagefolder: PNGs + metadata.jsonl (default); shards: Parquet "
+                        "shards + manifest.json, as `pictor data prepare` writes")
     parser.add_argument("--overwrite", action="store_true", help="rewrite an existing data set")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_synth)
@@ -64,14 +72,159 @@ def _run_synth(args: argparse.Namespace) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            format=args.format,
         )
     except ValueError as error:
         print(f"pictor data synth: {error}", file=sys.stderr)
         return 2
     elapsed_seconds = time.perf_counter() - start
     shares = ", ".join(f"{c}={w:.3g}" for c, w in config.mix.items())
-    print(f"wrote {config.num_images} images to {args.out} in {elapsed_seconds:.1f} s ({shares})")
+    print(f"wrote {config.num_images} images to {args.out} ({args.format}) in "
+          f"{elapsed_seconds:.1f} s ({shares})")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------------------------
+def _add_prepare(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "prepare",
+        help="turn captioned images (folder, manifest, tar shards) into training shards",
+        description="Decode, check, resize and de-duplicate captioned images into Parquet "
+        "shards + manifest.json (train on them with --data.path=OUT). INPUT is a folder with "
+        "metadata.jsonl/csv, a folder of image + same-name .txt pairs, a .parquet/.jsonl/.csv "
+        "manifest of paths, or WebDataset .tar shards. Bad records never stop the job: each "
+        "is listed with its reason in OUT/rejects.jsonl. Exits 1 when nothing was written.",
+    )
+    parser.add_argument("input", metavar="INPUT", help="folder, manifest file or .tar shard(s)")
+    parser.add_argument("-o", "--out", required=True, help="output shard folder")
+    parser.add_argument("--engine", choices=("local", "spark"), default="local",
+                        help="local: a process pool (default); spark: Spark, local[*] or "
+                        "--master")
+    parser.add_argument("--master", default=None,
+                        help="Spark master URL, e.g. spark://host:7077 (default: the "
+                        "spark-submit master, else local[*])")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local engine processes (default: all CPUs)")
+    parser.add_argument("--partitions", type=int, default=None,
+                        help="Spark tasks for the transform (default: ~512 records each)")
+    parser.add_argument("--image-size", type=int, default=64, help="output side in px (64)")
+    parser.add_argument("--resize", choices=("center-crop", "pad"), default="center-crop",
+                        help="center-crop (default) or pad: keep the whole image and ratio")
+    parser.add_argument("--background", default="255,255,255",
+                        help="R,G,B behind transparency and padding (default 255,255,255)")
+    parser.add_argument("--max-pixels", type=int, default=2**26,
+                        help="largest width*height decoded (default 2**26 = 8192^2)")
+    parser.add_argument("--max-file-bytes", type=int, default=64 * 2**20,
+                        help="largest source file read, in bytes (default 64 MiB)")
+    parser.add_argument("--formats", default=None,
+                        help="comma-separated Pillow formats allowed (default "
+                        "JPEG,MPO,PNG,WEBP,GIF,BMP,TIFF)")
+    parser.add_argument("--text-encoder", default="minilm",
+                        help="encoder whose tokenizer counts caption tokens: minilm "
+                        "(default), a local Hugging Face folder, or none (word rule)")
+    parser.add_argument("--max-tokens", type=int, default=32,
+                        help="caption token budget incl. special tokens; train with the same "
+                        "--text.max_length (default 32)")
+    parser.add_argument("--with-embeddings", action="store_true",
+                        help="also store the text encoder's caption embeddings beside the shards")
+    parser.add_argument("--autoencoder", default=None, metavar="PATH",
+                        help="also store latents of this autoencoder (pictor train-autoencoder)")
+    parser.add_argument("--records-per-shard", type=int, default=10_000,
+                        help="records per Parquet shard (default 10000)")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards in OUT")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_prepare)
+
+
+def _tokenizer_folder(spec: str) -> str | None:
+    """The tokenizer folder of a --text-encoder spec; None for the word rule."""
+    if spec == "none":
+        return None
+    if spec == "minilm":
+        from pictor.text.encoders import minilm_path
+
+        return str(minilm_path())
+    return spec
+
+
+def _parse_background(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+        raise ValueError(f"--background must be R,G,B with integers in [0, 255], e.g. "
+                         f"255,255,255; got {text!r}")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from pictor.data.engine import prepare_dataset
+    from pictor.data.prepare import ALLOWED_FORMATS, PrepareOptions, load_tokenizer
+    from pictor.data.records import REASONS
+    from pictor.data.shards import REJECTS_FILE
+
+    try:
+        background = _parse_background(args.background)
+        if args.with_embeddings and args.text_encoder == "none":
+            raise ValueError("--with-embeddings needs a text encoder: pass --text-encoder minilm "
+                             "or a local Hugging Face folder")
+        tokenizer = None
+        try:
+            tokenizer = _tokenizer_folder(args.text_encoder)
+            if tokenizer is not None:
+                load_tokenizer(tokenizer)
+        except Exception as error:  # any failure means: count tokens by the word rule
+            print(f"pictor data prepare: no tokenizer for --text-encoder {args.text_encoder} "
+                  f"({error}); counting caption tokens by the word rule", file=sys.stderr)
+            tokenizer = None
+        options = PrepareOptions(
+            image_size=args.image_size, resize=args.resize, background=background,
+            max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
+            formats=tuple(args.formats.split(",")) if args.formats else ALLOWED_FORMATS,
+            max_caption_tokens=args.max_tokens, tokenizer_path=tokenizer)
+        manifest = prepare_dataset(
+            args.input, args.out, options, engine=args.engine, workers=args.workers,
+            master=args.master, partitions=args.partitions,
+            records_per_shard=args.records_per_shard, overwrite=args.overwrite,
+            progress=not args.quiet)
+    except ValueError as error:
+        print(f"pictor data prepare: {error}", file=sys.stderr)
+        return 2
+    counts = manifest.counts
+    print(f"read {counts.read}, written {counts.written} in {len(manifest.shards)} shard(s), "
+          f"duplicates {counts.duplicates}, skipped {sum(counts.skipped.values())} "
+          f"({manifest.created_by['engine']} engine, {manifest.created_by['seconds']:.1f} s)")
+    for reason, n in counts.skipped.items():
+        print(f"  {reason:20s} {n:8d}  {REASONS[reason]}")
+    if counts.duplicates or counts.skipped:
+        print(f"every skipped record is listed in {args.out}/{REJECTS_FILE}")
+    if counts.written == 0:
+        print("pictor data prepare: nothing was written", file=sys.stderr)
+        return 1
+    if args.with_embeddings or args.autoencoder:
+        _precompute(args)
+    return 0
+
+
+def _precompute(args: argparse.Namespace) -> None:
+    """Text embeddings and/or autoencoder latents beside the shards (training reuses them)."""
+    from pictor.data.loader import precompute_prepared
+    from pictor.networks.codec import build_codec
+    from pictor.text.encoders import load_text_encoder
+    from pictor.training.trainer import text_encoder_identity
+
+    text_encode = text_identity = image_encode = image_identity = None
+    if args.with_embeddings:
+        encoder = load_text_encoder(args.text_encoder, args.max_tokens)
+        text_encode = encoder.encode
+        text_identity = text_encoder_identity(args.text_encoder, args.max_tokens)
+    if args.autoencoder:
+        codec = build_codec("autoencoder", autoencoder_path=args.autoencoder)
+        image_encode, image_identity = codec.encode, codec.identity
+    for path in precompute_prepared(args.out, text_encode=text_encode,
+                                    text_identity=text_identity, image_encode=image_encode,
+                                    image_identity=image_identity):
+        print(f"stored {path}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,12 @@
-"""Training data as tensors: an imagefolder dataset, cached text embeddings and latents.
+"""Training data as tensors: imagefolder and shard datasets, cached text embeddings and latents.
 
-Input format (Hugging Face "imagefolder"): a folder of images plus `metadata.jsonl` with one
-`{"file_name": "00000.png", "text": "a red circle"}` per line.
+Two input formats, chosen by `open_dataset(path)`:
+- a shard folder (`manifest.json` + Parquet shards, pictor.data.shards) written by
+  `pictor data prepare` or `pictor data synth --format shards` -> `ShardDataset`;
+- Hugging Face "imagefolder": a folder of images plus `metadata.jsonl` with one
+  `{"file_name": "00000.png", "text": "a red circle"}` per line -> `ImageFolderDataset`.
+Both are read whole into memory (the shapes world and other 64 x 64 sets fit); the order of a
+run is `EpochSampler`'s seeded permutation with its resumable position, not the file order.
 
 Training never runs a text encoder or an autoencoder in its hot loop:
 - `TextEmbeddingTable` encodes each *unique* caption once (plus "" for classifier-free guidance
@@ -10,6 +15,9 @@ Training never runs a text encoder or an autoencoder in its hot loop:
 - `encode_images_cached` runs an image encoder (pixel-unshuffle, or an autoencoder) once over
   the whole data set and stores the result on disk (safetensors), keyed by the data set's
   fingerprint and the encoder's identity, so the next run just loads it.
+- `pictor data prepare --with-embeddings / --autoencoder` may store both beside the shards
+  (`save_prepared_text_table`, `save_prepared_latents`); training then reuses them when the
+  encoder identity matches, instead of recomputing (`prepared_text_table`, `prepared_latents`).
 - `EpochSampler` yields batches of indices into those preloaded tensors: a seeded permutation per
   epoch and a resumable position (epoch, index). No DataLoader workers: for the shapes world the
   whole data set fits in RAM, and a batch is one `index_select`.
@@ -20,10 +28,12 @@ This module is a leaf (torch/numpy/PIL/safetensors only): encoders come in as ca
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -31,6 +41,15 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
+
+from pictor.data.shards import (
+    MANIFEST_FILE,
+    PREPARED_DIR,
+    iter_shard_batches,
+    read_manifest,
+    read_shards,
+    write_manifest,
+)
 
 METADATA_FILE = "metadata.jsonl"
 
@@ -76,8 +95,9 @@ def read_imagefolder(root: str | Path, max_images: int | None = None) -> list[Im
     return records
 
 
-def load_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:
-    """One image as float32 (3, H, W) in [-1, 1]; resized (bicubic) to a square if asked."""
+def load_image(path: str | Path | io.BytesIO, image_size: int | None = None) -> torch.Tensor:
+    """One image (a file, or bytes in a BytesIO) as float32 (3, H, W) in [-1, 1]; resized
+    (bicubic) to a square if asked."""
     with Image.open(path) as im:
         im = im.convert("RGB")
         if image_size is not None and im.size != (image_size, image_size):
@@ -121,6 +141,87 @@ class ImageFolderDataset(Dataset):
             h.update(json.dumps([rec.file_name, rec.text]).encode())
             h.update(hashlib.sha256((self.root / rec.file_name).read_bytes()).digest())
         return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# The shard format
+# ----------------------------------------------------------------------------------------------
+
+
+class ShardDataset(Dataset):
+    """torch Dataset over a shard folder, in manifest order: item i is {"image": (3, H, W) in
+    [-1, 1], "text": str}. Captions are read at once, the PNG bytes on first use."""
+
+    def __init__(self, root: str | Path, image_size: int | None = None,
+                 max_images: int | None = None) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.image_size = image_size
+        self.max_images = max_images
+        table = read_shards(self.root, ["key", "caption"], max_images)
+        if table.num_rows == 0:
+            raise ValueError(f"{self.root} holds no records (see {self.root / 'rejects.jsonl'} "
+                             "for why every record was skipped)")
+        self._captions: list[str] = table.column("caption").to_pylist()
+        self._images: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        return len(self._captions)
+
+    def _png(self, i: int) -> bytes:
+        if self._images is None:
+            self._images = read_shards(self.root, ["image"], self.max_images).column(
+                "image").to_pylist()
+        return self._images[i]
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        return {"image": load_image(io.BytesIO(self._png(i)), self.image_size),
+                "text": self._captions[i]}
+
+    @property
+    def captions(self) -> list[str]:
+        return list(self._captions)
+
+    def load_all(self) -> torch.Tensor:
+        """Every image stacked: (N, 3, H, W) float32 in [-1, 1]."""
+        return torch.stack([self[i]["image"] for i in range(len(self))])  # type: ignore[misc]
+
+    def iter_image_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """The images in order, (b, 3, H, W) at a time, without holding them all."""
+        for batch in iter_shard_batches(self.root, ["image"], self.max_images, batch_size):
+            yield torch.stack([load_image(io.BytesIO(b), self.image_size)
+                               for b in batch.column("image").to_pylist()])
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the manifest's shard hashes, image_size and the record count."""
+        h = hashlib.sha256(f"image_size={self.image_size}\nn={len(self)}\n".encode())
+        for shard in self.manifest.shards:
+            h.update(json.dumps([shard.file, shard.num_records, shard.sha256]).encode())
+        return h.hexdigest()
+
+
+class ImageDataset(Protocol):
+    """What training needs of a data set (ImageFolderDataset and ShardDataset both are one)."""
+
+    def __len__(self) -> int: ...
+    @property
+    def captions(self) -> list[str]: ...
+    def load_all(self) -> torch.Tensor: ...
+    def fingerprint(self) -> str: ...
+
+
+def open_dataset(root: str | Path, image_size: int | None = None,
+                 max_images: int | None = None) -> ShardDataset | ImageFolderDataset:
+    """A shard folder (manifest.json) or an imagefolder (metadata.jsonl) at `root`."""
+    root = Path(root)
+    if (root / MANIFEST_FILE).is_file():
+        return ShardDataset(root, image_size, max_images)
+    if not (root / METADATA_FILE).is_file():
+        raise ValueError(f"{root} is not a data set: it holds neither {MANIFEST_FILE} (shards "
+                         f"from `pictor data prepare` or `pictor data synth --format shards`) "
+                         f"nor {METADATA_FILE} (an imagefolder from `pictor data synth`); set "
+                         "data.path to one")
+    return ImageFolderDataset(root, image_size, max_images)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,33 +297,48 @@ class TextEmbeddingTable:
     @classmethod
     def build(cls, captions: Iterable[str], encode: TextEncodeFn | None, identity: str, *,
               cache_dir: str | Path | None = None, batch_size: int = 256,
-              encode_loader: Callable[[], TextEncodeFn] | None = None) -> TextEmbeddingTable:
+              encode_loader: Callable[[], TextEncodeFn] | None = None,
+              prepared: TextEmbeddingTable | None = None) -> TextEmbeddingTable:
         """Encode each unique caption once (and "") or load the result from `cache_dir`.
 
         identity names the encoder (its spec and version) so that a cache is never reused
         across encoders. When `encode_loader` is given instead of `encode` (encode=None), the
-        encoder is only loaded on a cache miss.
+        encoder is only loaded on a cache miss. `prepared` (embeddings of the same encoder
+        stored beside the shards) supplies the captions it holds; only the others are encoded.
         """
         unique = sorted(set(captions) | {""})
         key = json.dumps({"encoder": identity, "captions": unique})
         path = _cache_path(cache_dir, "text", key) if cache_dir is not None else None
         if path is not None and (hit := _read_cache(path, key)) is not None:
             return cls(unique, hit["emb"].float(), hit["mask"].bool())
-        if encode is None:
+        have = [c for c in unique if prepared is not None and c in prepared._row]
+        missing = [c for c in unique if prepared is None or c not in prepared._row]
+        embs, masks = [], []
+        if have:
+            e, m = prepared.encode(have)  # type: ignore[union-attr]
+            embs.append(e)
+            masks.append(m)
+        if missing and encode is None:
             if encode_loader is None:
                 raise ValueError("TextEmbeddingTable.build needs encode or encode_loader")
             encode = encode_loader()
-        embs, masks = [], []
         with torch.no_grad():
-            for i in range(0, len(unique), batch_size):
-                e, m = encode(unique[i:i + batch_size])  # (b, l, D), (b, l)
+            for i in range(0, len(missing), batch_size):
+                e, m = encode(missing[i:i + batch_size])  # type: ignore[misc]  # (b, l, D)
                 embs.append(e.detach().float().cpu())
                 masks.append(m.detach().bool().cpu())
+        if have and missing:  # back to the sorted order of `unique`
+            position = {c: i for i, c in enumerate(have + missing)}
+            order = torch.tensor([position[c] for c in unique])
+        else:
+            order = None
         max_len = max(e.shape[1] for e in embs)
         emb = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, max_len - e.shape[1]))
                          for e in embs])                                  # (U, L, D)
         mask = torch.cat([torch.nn.functional.pad(m, (0, max_len - m.shape[1]))
                           for m in masks])                                # (U, L)
+        if order is not None:
+            emb, mask = emb.index_select(0, order), mask.index_select(0, order)
         # Trim columns that are padding for every caption: a shorter L is cheaper attention.
         used = int(mask.any(0).nonzero().max().item()) + 1 if mask.any() else 1
         emb, mask = emb[:, :used].contiguous(), mask[:, :used].contiguous()
@@ -238,14 +354,18 @@ class TextEmbeddingTable:
 # ----------------------------------------------------------------------------------------------
 
 
-def encode_images_cached(dataset: ImageFolderDataset, encode: ImageEncodeFn, identity: str, *,
+def encode_images_cached(dataset: ImageDataset, encode: ImageEncodeFn, identity: str, *,
                          cache_dir: str | Path | None = None,
                          batch_size: int = 64) -> torch.Tensor:
     """encode(images) over the whole data set, (N, C, h, w) float32, cached on disk.
 
     The cache key is the data set fingerprint (records, image bytes, size) plus `identity`, which
     must change whenever the encoder's output would (e.g. the autoencoder weights' hash).
+    Latents stored beside shards by `pictor data prepare` for the same identity are used as
+    they are.
     """
+    if (ready := prepared_latents(dataset, identity)) is not None:
+        return ready
     path = key = None
     if cache_dir is not None:
         key = json.dumps({"data": dataset.fingerprint(), "encoder": identity})
@@ -259,6 +379,99 @@ def encode_images_cached(dataset: ImageFolderDataset, encode: ImageEncodeFn, ide
     if path is not None and key is not None:
         _write_cache(path, key, {"latents": out}, {"encoder": identity})
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Text embeddings and latents stored beside shards (pictor data prepare)
+# ----------------------------------------------------------------------------------------------
+
+
+def _prepared_name(kind: str, identity: str) -> str:
+    return f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
+def _register_prepared(root: Path, kind: str, entry: dict[str, str]) -> None:
+    manifest = read_manifest(root)
+    entries = [e for e in manifest.prepared.get(kind, []) if e["identity"] != entry["identity"]]
+    manifest.prepared[kind] = [*entries, entry]
+    write_manifest(root, manifest)
+
+
+def save_prepared_text_table(root: str | Path, table: TextEmbeddingTable, identity: str) -> Path:
+    """Store `table` (encoder `identity`) beside the shards at `root` and list it in the
+    manifest. The captions go to a JSON file (a safetensors header holds at most 100 MB)."""
+    root = Path(root)
+    name = _prepared_name("text", identity)
+    folder = root / PREPARED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.captions.json").write_text(json.dumps(table.captions, ensure_ascii=False))
+    _write_cache(folder / f"{name}.safetensors", identity, {"emb": table.emb, "mask": table.mask})
+    _register_prepared(root, "text_embeddings", {
+        "identity": identity, "file": f"{PREPARED_DIR}/{name}.safetensors",
+        "captions": f"{PREPARED_DIR}/{name}.captions.json"})
+    return folder / f"{name}.safetensors"
+
+
+def prepared_text_table(dataset: object, identity: str) -> TextEmbeddingTable | None:
+    """The text embeddings stored beside a ShardDataset for encoder `identity`, else None."""
+    if not isinstance(dataset, ShardDataset):
+        return None
+    for entry in dataset.manifest.prepared.get("text_embeddings", []):
+        if entry["identity"] == identity:
+            hit = _read_cache(dataset.root / entry["file"], identity)
+            if hit is None:
+                return None
+            captions = json.loads((dataset.root / entry["captions"]).read_text())
+            return TextEmbeddingTable(captions, hit["emb"].float(), hit["mask"].bool())
+    return None
+
+
+def save_prepared_latents(root: str | Path, latents: torch.Tensor, identity: str) -> Path:
+    """Store the latents (N, C, h, w) of every record of the shard folder at `root`, in
+    manifest order, for image encoder `identity`, and list them in the manifest."""
+    root = Path(root)
+    name = _prepared_name("latents", identity)
+    path = root / PREPARED_DIR / f"{name}.safetensors"
+    _write_cache(path, identity, {"latents": latents.float()})
+    _register_prepared(root, "latents", {"identity": identity,
+                                         "file": f"{PREPARED_DIR}/{name}.safetensors"})
+    return path
+
+
+def prepared_latents(dataset: object, identity: str) -> torch.Tensor | None:
+    """Latents stored beside a ShardDataset for `identity` (valid only at the prepared image
+    size), the first len(dataset) of them; else None."""
+    if not isinstance(dataset, ShardDataset):
+        return None
+    if dataset.image_size not in (None, dataset.manifest.image_size):
+        return None
+    for entry in dataset.manifest.prepared.get("latents", []):
+        if entry["identity"] == identity:
+            hit = _read_cache(dataset.root / entry["file"], identity)
+            if hit is None or hit["latents"].shape[0] < len(dataset):
+                return None
+            return hit["latents"][: len(dataset)].contiguous()
+    return None
+
+
+def precompute_prepared(root: str | Path, *, text_encode: TextEncodeFn | None = None,
+                        text_identity: str | None = None,
+                        image_encode: ImageEncodeFn | None = None,
+                        image_identity: str | None = None,
+                        batch_size: int = 64) -> list[Path]:
+    """Text embeddings of every caption and/or latents of every image of a shard folder,
+    stored beside its shards (`pictor data prepare --with-embeddings / --autoencoder`)."""
+    dataset = ShardDataset(root)
+    written = []
+    if text_encode is not None and text_identity is not None:
+        table = TextEmbeddingTable.build(dataset.captions, text_encode, text_identity)
+        written.append(save_prepared_text_table(root, table, text_identity))
+    if image_encode is not None and image_identity is not None:
+        with torch.no_grad():
+            latents = torch.cat([image_encode(x).float().cpu()
+                                 for x in dataset.iter_image_batches(batch_size)])
+        written.append(save_prepared_latents(root, latents, image_identity))
+    return written
 
 
 # ----------------------------------------------------------------------------------------------

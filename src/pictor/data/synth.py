@@ -1,8 +1,11 @@
-"""Write a shapes-world training data set: a folder of PNGs plus `metadata.jsonl`.
+"""Write a shapes-world training data set: a folder of PNGs plus `metadata.jsonl`, or shards.
 
-Layout (Hugging Face `imagefolder` convention): `OUT/000000.png ...` and `OUT/metadata.jsonl`
-with one line per image, `{"file_name", "text", "category", "seed"}`, in index order, plus
-`OUT/synth_config.json` recording how the folder was made.
+Layout "imagefolder" (Hugging Face convention, the default): `OUT/000000.png ...` and
+`OUT/metadata.jsonl` with one line per image, `{"file_name", "text", "category", "seed"}`, in
+index order. Layout "shards": the Parquet shards + `manifest.json` of pictor.data.shards (what
+`pictor data prepare` writes), one record per image with key `000000`, the PNG bytes, the
+caption and `{"category", "seed"}` in its `extra` JSON. Both hold byte-identical PNGs, and
+`OUT/synth_config.json` records how the folder was made.
 
 Seed namespaces (the rule that keeps training and evaluation apart)
 --------------------------------------------------------------------
@@ -29,6 +32,8 @@ the run seed, so the output does not depend on how many worker processes render 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
@@ -45,6 +50,7 @@ MAX_RUN_SEED = 2**31  # exclusive
 MAX_IMAGES_PER_RUN = 2**32
 _MIX_STREAM = 0xC47E  # spawn key of the run's category-shuffling stream (not an example stream)
 _CHUNK_SIZE = 256  # images per task sent to a worker
+SYNTH_FORMATS = ("imagefolder", "shards")
 
 
 def example_rng(namespace: str, example_seed: int) -> np.random.Generator:
@@ -89,19 +95,31 @@ class SynthConfig:
     spec_version: int = 1  # shapes-world spec version the renderer follows
 
 
-def _render_chunk(task: tuple[str, int, int, list[str], int]) -> list[dict]:
-    """Render images [start, start + len(categories)) and return their metadata records."""
-    out_dir, seed, start, categories, digits = task
+def _render_chunk(task: tuple[str, int, int, list[str], int, str]) -> list[dict]:
+    """Render images [start, start + len(categories)): imagefolder metadata records (PNG files
+    written), or shard records (pictor.data.records.SHARD_SCHEMA, PNG bytes inside)."""
+    out_dir, seed, start, categories, digits, fmt = task
     records = []
     for offset, category in enumerate(categories):
         index = start + offset
         example_seed = train_example_seed(seed, index)
         prompt, scene = sample_prompt_and_scene(category, example_rng("train", example_seed))
-        file_name = f"{index:0{digits}d}.png"
-        render_scene(scene, validate=False).save(Path(out_dir) / file_name, compress_level=1)
-        records.append(
-            {"file_name": file_name, "text": prompt, "category": category, "seed": example_seed}
-        )
+        name = f"{index:0{digits}d}"
+        image = render_scene(scene, validate=False)
+        if fmt == "imagefolder":
+            image.save(Path(out_dir) / f"{name}.png", compress_level=1)
+            records.append({"file_name": f"{name}.png", "text": prompt, "category": category,
+                            "seed": example_seed})
+            continue
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", compress_level=1)
+        png = buf.getvalue()
+        records.append({
+            "key": name, "caption": prompt, "image": png, "width": image.width,
+            "height": image.height, "sha256": hashlib.sha256(png).hexdigest(),
+            "source": f"pictor-synth:train:{example_seed}", "source_format": "PNG",
+            "source_width": image.width, "source_height": image.height,
+            "extra": json.dumps({"category": category, "seed": example_seed}, sort_keys=True)})
     return records
 
 
@@ -118,12 +136,14 @@ def synthesize(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    format: str = "imagefolder",
 ) -> SynthConfig:
     """Render `num_images` training examples into `out_dir` (identical for any `workers`).
 
     `mix` maps categories to weights (None: all six equally). `workers` processes render in
-    parallel (None: all CPUs this process may use; 1: no pool). A folder that already holds a
-    `metadata.jsonl` is refused unless `overwrite` (which rewrites it, leaving other files).
+    parallel (None: all CPUs this process may use; 1: no pool). `format` is "imagefolder" or
+    "shards" (see the module docstring). A folder that already holds a data set of that format
+    is refused unless `overwrite` (which rewrites it, leaving other files).
     """
     from tqdm import tqdm
 
@@ -134,7 +154,19 @@ def synthesize(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if format not in SYNTH_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(SYNTH_FORMATS)}, got {format!r}")
     out = Path(out_dir)
+    config = SynthConfig(num_images=num_images, seed=seed, mix=validate_mix(mix))
+    categories = allocate_categories(num_images, mix, seed)
+    digits = max(6, len(str(num_images - 1)))
+    tasks = [
+        (str(out), seed, start, categories[start : start + _CHUNK_SIZE], digits, format)
+        for start in range(0, num_images, _CHUNK_SIZE)
+    ]
+    if format == "shards":
+        _write_shards(out, config, tasks, workers, overwrite, progress)
+        return config
     metadata_path = out / "metadata.jsonl"
     if metadata_path.exists() and not overwrite:
         raise ValueError(
@@ -142,28 +174,58 @@ def synthesize(
         )
     out.mkdir(parents=True, exist_ok=True)
 
-    config = SynthConfig(num_images=num_images, seed=seed, mix=validate_mix(mix))
-    categories = allocate_categories(num_images, mix, seed)
-    digits = max(6, len(str(num_images - 1)))
-    tasks = [
-        (str(out), seed, start, categories[start : start + _CHUNK_SIZE], digits)
-        for start in range(0, num_images, _CHUNK_SIZE)
-    ]
     bar = tqdm(total=num_images, unit="img", desc="synth", disable=not progress)
     with open(metadata_path, "w", encoding="utf-8") as metadata:
-        if workers == 1:
-            chunks = map(_render_chunk, tasks)
-            pool = None
-        else:
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)))
-            chunks = pool.map(_render_chunk, tasks)  # results come back in task order
         try:
-            for records in chunks:
+            for records in _rendered(tasks, workers):
                 metadata.writelines(json.dumps(record) + "\n" for record in records)
                 bar.update(len(records))
         finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
             bar.close()
     (out / "synth_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return config
+
+
+def _rendered(tasks: list, workers: int):
+    """_render_chunk over the tasks, in task order, in `workers` processes (1: no pool)."""
+    if workers == 1:
+        yield from map(_render_chunk, tasks)
+        return
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)))
+    try:
+        yield from pool.map(_render_chunk, tasks)  # results come back in task order
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _write_shards(out: Path, config: SynthConfig, tasks: list, workers: int, overwrite: bool,
+                  progress: bool) -> None:
+    """The "shards" format: records streamed into a ShardWriter, then the manifest."""
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    from pictor.data.records import SHARD_SCHEMA
+    from pictor.data.shapes import CANVAS_SIZE_PX
+    from pictor.data.shards import (
+        Manifest,
+        PrepareCounts,
+        ShardWriter,
+        prepare_output,
+        write_manifest,
+    )
+
+    prepare_output(out, overwrite)
+    writer = ShardWriter(out)
+    bar = tqdm(total=config.num_images, unit="img", desc="synth", disable=not progress)
+    try:
+        for records in _rendered(tasks, workers):
+            writer.write(pa.Table.from_pylist(records, schema=SHARD_SCHEMA))
+            bar.update(len(records))
+    finally:
+        bar.close()
+    shards = writer.close()
+    (out / "synth_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    write_manifest(out, Manifest(
+        image_size=CANVAS_SIZE_PX, shards=shards,
+        counts=PrepareCounts(read=config.num_images, written=config.num_images),
+        created_by={"tool": "pictor data synth", "synth_config": asdict(config)}))
