@@ -1,0 +1,12 @@
+"""Serving: an async REST API and a web page over one loaded pipeline (`pictor serve`).
+
+settings.py  what the server may do (address, token, limits, batching)
+security.py  bearer token and body-size middlewares
+batching.py  several requests in one sampler call, each image exactly as its solo call
+jobs.py      the bounded job queue, the worker thread, cancellation, progress events
+mark.py      the optional visible "AI-generated" label
+schemas.py   JSON bodies (the OpenAPI schema)
+routes.py    the REST routes, thin
+app.py       create_app(settings, pipe): the FastAPI application
+static/      the web page (plain HTML, JS and CSS)
+"""

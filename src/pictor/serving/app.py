@@ -1,0 +1,70 @@
+"""`create_app(settings, pipe)`: the FastAPI application of `pictor serve`.
+
+Layers, outermost first: BearerAuth (401; open: /healthz and the page shell), BodySizeLimit
+(413), the routes (pictor.serving.routes) and the static page (/ and /static/*). The JobQueue
+and its worker thread start and stop with the app's lifespan. /openapi.json is served (behind
+the token when there is one); the interactive /docs pages are off because they load their
+scripts from a CDN.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from pictor import __version__
+from pictor.pipeline import Pipeline, load_pipeline
+from pictor.serving.jobs import JobQueue
+from pictor.serving.routes import router
+from pictor.serving.security import BearerAuth, BodySizeLimit
+from pictor.serving.settings import ServeSettings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The page loads only its own files; previews are data: URLs, results blob: URLs.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+OPEN_PATHS = ("/healthz", "/", "/favicon.ico")  # the page shell holds no data
+OPEN_PREFIXES = ("/static/",)
+
+
+def create_app(settings: ServeSettings, pipe: Pipeline | None = None) -> FastAPI:
+    """The app for `settings`, serving `pipe` (loaded from settings.model_dir when None).
+    ValueError when the settings are unsafe (see ServeSettings.check)."""
+    settings.check()
+    if pipe is None:
+        if not settings.model_dir:
+            raise ValueError("no model: pass a Pipeline or set ServeSettings.model_dir")
+        pipe = load_pipeline(settings.model_dir)
+    jobs = JobQueue(pipe, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        jobs.start()
+        try:
+            yield
+        finally:
+            jobs.stop()
+
+    app = FastAPI(title="pictor", version=__version__, lifespan=lifespan,
+                  description="Text-to-image generation with provenance-labelled PNGs.",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.state.settings, app.state.pipe, app.state.jobs = settings, pipe, jobs
+    app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BearerAuth, token=settings.token, open_paths=OPEN_PATHS,
+                       open_prefixes=OPEN_PREFIXES)  # added last: runs first
+    return app

@@ -1,0 +1,208 @@
+"""The REST routes: thin wrappers over the JobQueue (pictor.serving.jobs).
+
+    POST   /v1/generations             202 {id, ...}; 422 beyond the limits; 429 + Retry-After
+    GET    /v1/generations/{id}        status, progress, per-image seeds, image URLs
+    GET    /v1/generations/{id}/events server-sent events: status, progress, preview, done
+    DELETE /v1/generations/{id}        cancel (queued: now; running: between two steps)
+    GET    /v1/images/{name}           the PNG, provenance record inside
+    GET    /v1/models                  the served model, its samplers, defaults and limits
+    GET    /healthz                    liveness (no token needed)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import secrets
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from pictor.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, DEFAULT_SAMPLER
+from pictor.samplers import SAMPLERS
+from pictor.serving.batching import GenerationRequest, check_request
+from pictor.serving.jobs import Job, JobQueue, JobStatus, NotCancellable, QueueFull
+from pictor.serving.schemas import (
+    GenerationAccepted,
+    GenerationIn,
+    GenerationOut,
+    HealthOut,
+    ModelOut,
+    ModelsOut,
+)
+from pictor.serving.settings import ServeSettings
+
+MAX_SEED = 2**63 - 1
+KEEPALIVE_SECONDS = 15.0  # an SSE comment this often keeps proxies from closing idle streams
+
+router = APIRouter()
+
+
+def _jobs(request: Request) -> JobQueue:
+    return request.app.state.jobs
+
+
+def _job_or_404(request: Request, job_id: str) -> Job:
+    job = _jobs(request).get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no generation {job_id!r} (unknown, or evicted when old)")
+    return job
+
+
+def limit_violations(body: GenerationIn, settings: ServeSettings, num_timesteps: int
+                     ) -> list[str]:
+    """Why the request exceeds the server's limits (empty list: it does not)."""
+    s, reasons = settings, []
+    if not 1 <= body.n <= s.max_num_images:
+        reasons.append(f"n must lie in [1, {s.max_num_images}], got {body.n}")
+    max_steps = min(s.max_num_steps, num_timesteps)
+    if not 1 <= body.steps <= max_steps:
+        reasons.append(f"steps must lie in [1, {max_steps}], got {body.steps}")
+    for name in ("prompt", "negative_prompt"):
+        length = len(getattr(body, name))
+        if length > s.max_prompt_chars:
+            reasons.append(f"{name} has {length} characters; the limit is {s.max_prompt_chars}")
+    if not math.isfinite(body.guidance) or abs(body.guidance) > s.max_guidance_scale:
+        reasons.append(f"guidance must be finite with |guidance| <= {s.max_guidance_scale}, "
+                       f"got {body.guidance}")
+    if body.seed is not None and not 0 <= body.seed <= MAX_SEED - s.max_num_images:
+        reasons.append(f"seed must lie in [0, {MAX_SEED - s.max_num_images}], got {body.seed}")
+    return reasons
+
+
+def job_json(request: Request, job: Job) -> dict:
+    r = job.request
+    return GenerationOut(
+        id=job.id, status=job.status.value, progress=round(job.progress, 4), step=job.step,
+        num_steps=r.num_steps, seeds=r.seeds,
+        images=[{"name": im.name, "url": f"/v1/images/{im.name}", "seed": im.seed,
+                 "record": im.record} for im in job.images],
+        request={"prompt": r.prompt, "negative_prompt": r.negative_prompt, "n": r.num_images,
+                 "seed": r.seed, "steps": r.num_steps, "guidance": r.guidance_scale,
+                 "sampler": r.sampler},
+        queue_position=_jobs(request).queue_position(job),
+        cancel_requested=job.cancel_requested, batch_id=job.batch_id,
+        batch_num_images=job.batch_num_images, created_at=job.created_at,
+        started_at=job.started_at, finished_at=job.finished_at, error=job.error,
+    ).model_dump()
+
+
+@router.post("/v1/generations", status_code=202, response_model=GenerationAccepted,
+             responses={422: {"description": "beyond the limits, with the reasons"},
+                        429: {"description": "queue full; see Retry-After"}})
+def create_generation(body: GenerationIn, request: Request):
+    settings: ServeSettings = request.app.state.settings
+    pipe = request.app.state.pipe
+    reasons = limit_violations(body, settings, pipe.schedule.num_timesteps)
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    gen = GenerationRequest(prompt=body.prompt, negative_prompt=body.negative_prompt,
+                            num_images=body.n, seed=seed, num_steps=body.steps,
+                            sampler=body.sampler, guidance_scale=body.guidance)
+    if not reasons:
+        try:
+            check_request(pipe, gen)  # the pipeline's own checks (sampler name, ...)
+        except ValueError as err:
+            reasons.append(str(err))
+    if reasons:
+        raise HTTPException(422, reasons)
+    try:
+        job = _jobs(request).submit(gen)
+    except QueueFull as full:
+        return JSONResponse({"detail": str(full)}, status_code=429,
+                            headers={"Retry-After": str(full.retry_after_seconds)})
+    return {"id": job.id, "status": job.status.value, "url": f"/v1/generations/{job.id}",
+            "events_url": f"/v1/generations/{job.id}/events"}
+
+
+@router.get("/v1/generations/{job_id}", response_model=GenerationOut)
+def get_generation(job_id: str, request: Request):
+    return job_json(request, _job_or_404(request, job_id))
+
+
+@router.delete("/v1/generations/{job_id}", response_model=GenerationOut,
+               responses={409: {"description": "already finished"}})
+def cancel_generation(job_id: str, request: Request):
+    try:
+        job = _jobs(request).cancel(job_id)
+    except NotCancellable as err:
+        raise HTTPException(409, str(err)) from err
+    if job is None:
+        raise HTTPException(404, f"no generation {job_id!r}")
+    # 200 when already cancelled (it was queued), 202 when it stops at its next step
+    code = 200 if job.status is JobStatus.CANCELLED else 202
+    return JSONResponse(job_json(request, job), status_code=code)
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@router.get("/v1/generations/{job_id}/events",
+            responses={200: {"content": {"text/event-stream": {}},
+                              "description": "events: status, progress, preview, done"}})
+async def generation_events(job_id: str, request: Request):
+    job = _job_or_404(request, job_id)
+    jobs = _jobs(request)
+    queue = jobs.subscribe(job, asyncio.get_running_loop())
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield _sse("status", job_json(request, job))  # the state now, then what follows
+            if job.finished:
+                yield _sse("done", {"id": job.id, "status": job.status.value,
+                                    "error": job.error})
+                return
+            while True:
+                try:
+                    event, data = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                yield _sse(event, data)
+                if event == "done":
+                    return
+        finally:
+            jobs.unsubscribe(job, queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@router.get("/v1/images/{name}", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def get_image(name: str, request: Request):
+    image = _jobs(request).image(name)
+    if image is None:
+        raise HTTPException(404, f"no image {name!r}")
+    return Response(image.png, media_type="image/png",
+                    headers={"Content-Disposition": f'inline; filename="{image.name}"',
+                             "Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/v1/models", response_model=ModelsOut)
+def list_models(request: Request):
+    s: ServeSettings = request.app.state.settings
+    pipe = request.app.state.pipe
+    model = ModelOut(
+        name=pipe.model_name, sha256=pipe.model_sha256, image_size=pipe.image_size,
+        samplers=sorted(SAMPLERS),
+        defaults={"steps": DEFAULT_NUM_STEPS, "guidance": DEFAULT_GUIDANCE_SCALE,
+                  "sampler": DEFAULT_SAMPLER, "n": 1},
+        limits={"n": s.max_num_images, "steps": min(s.max_num_steps,
+                                                    pipe.schedule.num_timesteps),
+                "prompt_chars": s.max_prompt_chars, "guidance": s.max_guidance_scale,
+                "body_bytes": s.max_body_bytes, "queued_jobs": s.max_queued_jobs,
+                "batch_images": s.max_batch_images})
+    return {"models": [model]}
+
+
+@router.get("/healthz", response_model=HealthOut)
+def healthz(request: Request):
+    stats = _jobs(request).stats()
+    # open without a token: says whether the worker lives and how busy it is, nothing more
+    return {"status": "ok" if stats["worker_alive"] else "degraded",
+            "queue": {k: stats[k] for k in ("queued_jobs", "running_jobs")}}

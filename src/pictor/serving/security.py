@@ -1,0 +1,133 @@
+"""Two ASGI middlewares in front of every route: a bearer token and a request-body cap.
+
+- `BearerAuth`: when a token is configured, every HTTP request except the open paths (/healthz
+  and the static page shell, which holds no data) must carry `Authorization: Bearer <token>`,
+  compared in constant time (hmac.compare_digest, so the time taken does not reveal how many
+  leading characters were right); otherwise 401 with `WWW-Authenticate: Bearer` (RFC 6750,
+  Sec. 3).
+- `BodySizeLimit`: a request whose Content-Length exceeds the cap, or whose streamed (chunked)
+  body grows past it, gets 413 before the body reaches a route.
+
+Both are plain ASGI (no BaseHTTPMiddleware), so server-sent event streams pass through unbuffered.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def tokens_match(given: str | None, expected: str) -> bool:
+    """Constant-time comparison of a presented token with the configured one."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any],
+                    headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    payload = json.dumps(body).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class BearerAuth:
+    """401 unless the request carries the bearer token (paths in `open_paths` and under
+    `open_prefixes` excepted). With token None every request passes (loopback only: enforced
+    by ServeSettings.check)."""
+
+    def __init__(self, app: ASGIApp, token: str | None, open_paths: Iterable[str] = (),
+                 open_prefixes: Iterable[str] = ()) -> None:
+        self.app, self.token = app, token
+        self.open_paths = frozenset(open_paths)
+        self.open_prefixes = tuple(open_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.token is None:
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if path in self.open_paths or path.startswith(self.open_prefixes):
+            return await self.app(scope, receive, send)
+        if not tokens_match(bearer_token(_header(scope, b"authorization")), self.token):
+            return await send_json(
+                send, 401, {"detail": "missing or wrong bearer token: send the header "
+                                      "'Authorization: Bearer <token>'"},
+                [(b"www-authenticate", b'Bearer realm="pictor"')])
+        return await self.app(scope, receive, send)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from receive() while a route reads an over-long body: an HTTPException, so that
+    FastAPI's body parsing re-raises it and its exception handler answers 413."""
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(413, f"request body larger than {max_body_bytes} bytes")
+
+
+class BodySizeLimit:
+    """413 for request bodies larger than max_body_bytes (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app, self.max_body_bytes = app, int(max_body_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit()
+                                     or int(declared) > self.max_body_bytes):
+            return await self._reject(send)
+        seen = 0
+        started = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        await send_json(send, 413, {"detail": f"request body larger than "
+                                              f"{self.max_body_bytes} bytes"})

@@ -1,0 +1,79 @@
+"""The web page in headless Chromium (Debian's `chromium`, driven by Playwright's Python package
+pointed at it; no Playwright browser download): the page asks for the token, a prompt is
+entered, the live progress runs, the image shows with its metadata, and the downloaded PNG
+carries the provenance record. A screenshot is saved as a test artefact: under the test's tmp
+folder, and also in $PICTOR_TEST_ARTIFACTS when that is set.
+
+Skipped when chromium or playwright is missing (apt-get install chromium;
+.venv/bin/pip install playwright).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from pipeline_support import tiny_model_dir
+from serve_support import TOKEN, running_server
+
+from pictor.pipeline import load_pipeline
+from pictor.provenance import DIGITAL_SOURCE_TYPE, read_digital_source_type, read_provenance
+from pictor.serving.settings import ServeSettings
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# flags for a closed network (no background connections) and running as root in a container
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+PROMPT = "a red circle"
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium")
+
+
+def test_page_generates_an_image_with_its_metadata(tmp_path, tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pipe = load_pipeline(tiny_model_dir(tmp_path_factory))
+    settings = ServeSettings(token=TOKEN, preview_every_steps=1)
+    with running_server(settings, pipe) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.set_default_timeout(90_000)
+            console_errors: list[str] = []
+            page.on("pageerror", lambda err: console_errors.append(str(err)))
+            page.goto(url + "/")
+            # the server wants a token: the page says so and opens the token box
+            page.wait_for_selector("#token-box[open]")
+            page.fill("#token", TOKEN)
+            page.dispatch_event("#token", "change")
+            page.wait_for_selector("#sampler option[value='dpm++2m']", state="attached")
+            page.fill("#prompt", PROMPT)
+            page.fill("#seed", "5")
+            page.fill("#steps", "6")
+            page.click("#generate")
+            figure = page.wait_for_selector("figure.result img")
+            assert page.evaluate("(img) => img.complete && img.naturalWidth", figure) == \
+                pipe.image_size
+            assert page.text_content("dd[data-field='prompt']") == PROMPT
+            assert page.text_content("dd[data-field='seed']") == "5"
+            assert "AI-generated" in page.text_content("figure.result figcaption")
+            assert page.get_attribute("article.job", "data-status") == "succeeded"
+            with page.expect_download() as download:
+                page.click("a.download")
+            saved = tmp_path / download.value.suggested_filename
+            download.value.save_as(saved)
+            record = read_provenance(saved)
+            assert (record.prompt, record.seed, record.num_steps) == (PROMPT, 5, 6)
+            assert read_digital_source_type(saved) == DIGITAL_SOURCE_TYPE
+            shot = tmp_path / "serve_page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert not console_errors, console_errors
+        finally:
+            browser.close()
+    artefacts = os.environ.get("PICTOR_TEST_ARTIFACTS")
+    if artefacts:
+        Path(artefacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(artefacts) / shot.name)
+    assert shot.stat().st_size > 0
