@@ -55,11 +55,17 @@ class DataConfig:
 class TextEncoderConfig:
     # `pictor.text.encoders.load_text_encoder` spec: "minilm" (the pip-packaged all-MiniLM-L6-v2,
     # 384-d) or a local folder holding a Hugging Face encoder. Frozen: embeddings are computed once
-    # per unique caption and cached.
+    # per unique caption and cached. "trainable": a small transformer with a word vocabulary
+    # built from the captions (pictor.text.encoders.TrainableTextEncoder), trained from scratch
+    # with the U-Net (the comparison Imagen draws: pretrained text encoder vs none).
     spec: str = "minilm"
     # Token budget L: longer prompts are truncated with a warning (32 covers every canonical
     # shapes prompt). The embedding cache trims L to the longest caption actually seen.
     max_length: int = 32
+    # spec "trainable" only: token width D (model.context_dim must equal it), layers and heads.
+    trainable_dim: int = 256
+    trainable_num_layers: int = 2
+    trainable_num_heads: int = 4
 
 
 @dataclass

@@ -4,7 +4,9 @@ A model folder is a training run's `final/` folder (or a copy of it, e.g. models
 - `unet.safetensors`: EMA weights of the U-Net, its UNetConfig in the safetensors metadata;
 - `config.yaml`: the resolved TrainConfig (text encoder spec and max_length, latent space,
   noise schedule, prediction type, image size);
-- `autoencoder.safetensors` (latent models only; else the config's autoencoder_path is used).
+- `autoencoder.safetensors` (latent models only; else the config's autoencoder_path is used);
+- `text_encoder.safetensors` (only when the text encoder was trained with the U-Net,
+  `text.spec: trainable`; a frozen pretrained encoder is loaded from its spec).
 
 Reproducibility contract: image i of a call uses its own CPU generator seeded with seed + i, for
 x_T and for every noise draw of the sampler, so image i is the same whatever num_images; the
@@ -38,6 +40,7 @@ from pictor.networks.io import load_module
 from pictor.networks.unet import UNet, UNetConfig
 from pictor.provenance import ProvenanceRecord
 from pictor.samplers import SAMPLER_ALIASES, SAMPLERS, get_sampler
+from pictor.text.encoders import TEXT_ENCODER_FILE, TRAINABLE_SPEC
 
 UNET_FILE = "unet.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -100,7 +103,20 @@ def _resolve_model_files(model_dir: str | Path) -> tuple[Path, TrainConfig, Path
                 f"{', '.join(repr(str(p)) for p in tried)}. Copy the file written by "
                 f"`pictor train-autoencoder` into the model folder as {AUTOENCODER_FILE}"
             )
+    if config.text.spec == TRAINABLE_SPEC and not (model_dir / TEXT_ENCODER_FILE).is_file():
+        raise ValueError(
+            f"model {str(model_dir)!r} was trained with its own text encoder (text.spec: "
+            f"trainable) but has no {TEXT_ENCODER_FILE} (looked for "
+            f"{str(model_dir / TEXT_ENCODER_FILE)!r})")
     return model_dir, config, ae_path
+
+
+def _weight_files(model_dir: Path, config: TrainConfig, ae_path: Path | None) -> list[Path]:
+    """The files whose bytes define the model (what the provenance digest covers)."""
+    files = [model_dir / UNET_FILE] + ([ae_path] if ae_path else [])
+    if config.text.spec == TRAINABLE_SPEC:
+        files.append(model_dir / TEXT_ENCODER_FILE)
+    return files
 
 
 def _digest(files: Sequence[Path]) -> str:
@@ -114,10 +130,10 @@ def _digest(files: Sequence[Path]) -> str:
 
 
 def model_digest(model_dir: str | Path) -> str:
-    """sha256 over the model's weight files (U-Net, autoencoder if any): names sorted, each
-    name then its bytes. What ProvenanceRecord.model_sha256 holds."""
-    model_dir, _, ae_path = _resolve_model_files(model_dir)
-    return _digest([model_dir / UNET_FILE] + ([ae_path] if ae_path else []))
+    """sha256 over the model's weight files (U-Net, autoencoder and trained text encoder if
+    any): names sorted, each name then its bytes. What ProvenanceRecord.model_sha256 holds."""
+    model_dir, config, ae_path = _resolve_model_files(model_dir)
+    return _digest(_weight_files(model_dir, config, ae_path))
 
 
 def _model_name(model_dir: Path) -> str:
@@ -165,10 +181,17 @@ class Pipeline:
     @property
     def text_encoder(self) -> Any:
         if self._text_encoder is None:
-            from pictor.text.encoders import load_text_encoder
-
             t = self.config.text
-            self._text_encoder = load_text_encoder(t.spec, t.max_length, device=self.device)
+            if t.spec == TRAINABLE_SPEC:
+                from pictor.text.encoders import TrainableTextEncoder, TrainableTextEncoderConfig
+
+                encoder = load_module(TrainableTextEncoder, TrainableTextEncoderConfig,
+                                      self.model_dir / TEXT_ENCODER_FILE, map_location=self.device)
+                self._text_encoder = encoder.to(self.device).eval().requires_grad_(False)
+            else:
+                from pictor.text.encoders import load_text_encoder
+
+                self._text_encoder = load_text_encoder(t.spec, t.max_length, device=self.device)
         return self._text_encoder
 
     def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,7 +337,7 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu") -> 
     ls = config.latent_space
     codec = build_codec(ls.kind, pixel_unshuffle_factor=ls.pixel_unshuffle_factor,
                         autoencoder_path=ae_path, device=device)
-    sha = _digest([model_dir / UNET_FILE] + ([ae_path] if ae_path else []))
+    sha = _digest(_weight_files(model_dir, config, ae_path))
     return Pipeline(model_dir, config, unet, codec, sha, device)
 
 

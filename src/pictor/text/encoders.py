@@ -176,6 +176,9 @@ def load_text_encoder(spec: str = "minilm", max_length: int = DEFAULT_MAX_LENGTH
 # Small trainable encoder with a word-level vocabulary
 # ----------------------------------------------------------------------------------------------
 
+# `text.spec` of a config that trains this encoder with the U-Net, and its file in a model folder
+TRAINABLE_SPEC = "trainable"
+TEXT_ENCODER_FILE = "text_encoder.safetensors"
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)  # ids 0, 1, 2, 3
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
@@ -266,8 +269,15 @@ class TrainableTextEncoder(nn.Module):
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.token_embedding.weight.device
         ids, mask = self.tokenize(prompts)
-        ids, mask = ids.to(device), mask.to(device)
-        h = self.token_embedding(ids) + self.position_embedding  # (B, L, D)
+        return self.encode_ids(ids.to(device), mask.to(device))
+
+    def encode_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, L) long and mask (B, L) bool from `tokenize` -> (emb (B, L, D), mask).
+        Training pre-tokenizes every caption once and calls this inside the step."""
+        L = ids.shape[1]
+        if L > self.max_length:
+            raise ValueError(f"{L} tokens exceed max_length {self.max_length}")
+        h = self.token_embedding(ids) + self.position_embedding[:L]  # (B, L, D)
         h = self.layers(h, src_key_padding_mask=~mask)
         return self.norm(h), mask  # (B, L, D), (B, L)
 

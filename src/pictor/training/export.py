@@ -1,9 +1,10 @@
 """`pictor export-model`: turn a finished training run into a model folder to ship or serve.
 
 A model folder is what `pictor.pipeline.load_pipeline` reads: `unet.safetensors` (EMA weights,
-config in the metadata), `config.yaml` (the resolved training config) and, for latent models,
-`autoencoder.safetensors`. Beside them go the run's evidence: `metrics.jsonl` (the training
-log), `loss_curve.png` and the last validation grid, so a shipped model carries how it was made.
+config in the metadata), `config.yaml` (the resolved training config), for latent models
+`autoencoder.safetensors`, for models with a trained text encoder `text_encoder.safetensors`.
+Beside them go the run's evidence: `metrics.jsonl` (the training log), `loss_curve.png` and the
+last validation grid, so a shipped model carries how it was made.
 Weights may be stored in float16 to halve the folder (loaded back into float32).
 """
 
@@ -22,6 +23,11 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "floa
     from pictor.config import TrainConfig, load_config
     from pictor.networks.io import load_module, save_module
     from pictor.networks.unet import UNet, UNetConfig
+    from pictor.text.encoders import (
+        TEXT_ENCODER_FILE,
+        TrainableTextEncoder,
+        TrainableTextEncoderConfig,
+    )
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     final = run_dir / "final"
@@ -37,6 +43,10 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "floa
     config = load_config(final / "config.yaml", TrainConfig, [])
     if config.latent_space.kind == "autoencoder":
         shutil.copy2(config.latent_space.autoencoder_path, out_dir / "autoencoder.safetensors")
+    if (final / TEXT_ENCODER_FILE).is_file():  # trained with the U-Net (text.spec: trainable)
+        encoder = load_module(TrainableTextEncoder, TrainableTextEncoderConfig,
+                              final / TEXT_ENCODER_FILE)
+        save_module(encoder, encoder.config, out_dir / TEXT_ENCODER_FILE, dtype=_DTYPES[dtype])
     for name in ("metrics.jsonl", "loss_curve.png"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)

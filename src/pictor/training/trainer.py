@@ -5,7 +5,8 @@ checkpoints, DDP, NaN stop, logging). Before the first step the task preloads ev
 needs as tensors: the images encoded once into the diffusion space (pixels, pixel-unshuffled
 pixels or autoencoder latents, cached on disk; training/latent_space.py) and one text embedding
 per unique caption, "" and validation prompt (cached on disk; pictor.data.loader). A step then
-only indexes these tensors.
+only indexes these tensors. With `text.spec: trainable` the table holds token ids instead and the
+small TrainableTextEncoder is trained with the U-Net as one module (TextConditionedUNet).
 
 Per example (Ho et al. 2020, Alg. 1, with the choices of the config): (Ho et al. 2020, Alg. 1, with the choices of the config):
     t ~ U{0..T-1},  eps ~ N(0, I),  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from pictor.config import TrainConfig, save_config
+from pictor.text.encoders import TEXT_ENCODER_FILE, TRAINABLE_SPEC
 from pictor.training.distributed import DistInfo, barrier
 from pictor.training.loop import NonFiniteLossError, TrainResult, run_training
 from pictor.training.metrics import save_image_grid
@@ -41,7 +43,12 @@ class DiffusionTask:
     """Text-conditional diffusion on preloaded tensors (see the module docstring)."""
 
     def __init__(self, config: TrainConfig, dist: DistInfo) -> None:
-        from pictor.data.loader import ImageFolderDataset, TextEmbeddingTable, encode_images_cached
+        from pictor.data.loader import (
+            TextEmbeddingTable,
+            encode_images_cached,
+            open_dataset,
+            prepared_text_table,
+        )
         from pictor.diffusion.schedules import NoiseSchedule
         from pictor.networks.unet import UNet
         from pictor.training.latent_space import build_latent_codec
@@ -49,16 +56,25 @@ class DiffusionTask:
         self.config = config
         self.device = dist.device
         dcfg, tcfg = config.data, config.training
-        dataset = ImageFolderDataset(dcfg.path, image_size=dcfg.image_size,
-                                     max_images=dcfg.max_images)
+        # an imagefolder or a shard folder (pictor data prepare / synth --format shards)
+        dataset = open_dataset(dcfg.path, image_size=dcfg.image_size, max_images=dcfg.max_images)
         self.codec = build_latent_codec(config.latent_space, self.device)
 
+        self.trainable_text = config.text.spec == TRAINABLE_SPEC
         # Rank 0 fills the on-disk caches first; the other ranks then read them.
         def build() -> None:
             captions = dataset.captions + list(tcfg.validation_prompts)
+            if self.trainable_text:
+                self.text = TokenTable(captions, config.text.max_length)
+                self.x = encode_images_cached(
+                    dataset, self.codec.encode, self.codec.identity,
+                    cache_dir=dcfg.cache_dir if self.codec.kind == "autoencoder" else None)
+                return
+            identity = text_encoder_identity(config.text.spec, config.text.max_length)
             self.text = TextEmbeddingTable.build(
-                captions, None, text_encoder_identity(config.text.spec, config.text.max_length),
-                cache_dir=dcfg.cache_dir, encode_loader=lambda: _load_text_encoder(config))
+                captions, None, identity, cache_dir=dcfg.cache_dir,
+                encode_loader=lambda: _load_text_encoder(config),
+                prepared=prepared_text_table(dataset, identity))
             self.x = encode_images_cached(
                 dataset, self.codec.encode, self.codec.identity,
                 cache_dir=dcfg.cache_dir if self.codec.kind == "autoencoder" else None,
@@ -76,10 +92,13 @@ class DiffusionTask:
         # Seed right before init: loading a text encoder (cache miss) may consume the global RNG.
         torch.manual_seed(tcfg.seed)
         self.model = UNet(config.model)
+        if self.trainable_text:
+            self.model = TextConditionedUNet(self.model, self.text.build_encoder(config.text))
         self.schedule = NoiseSchedule.from_config(config.diffusion.schedule)
         self.alphas_cumprod = self.schedule.alphas_cumprod.to(self.device)  # (T,) float64
         self.x = self.x.to(self.device)
-        self.emb = self.text.emb.to(self.device)    # (U, L, D)
+        # (U, L, D) embeddings of a frozen encoder, or (U, L) token ids of the trainable one
+        self.emb = self.text.emb.to(self.device)
         self.mask = self.text.mask.to(self.device)  # (U, L)
 
     def _check_shapes(self) -> None:
@@ -90,7 +109,7 @@ class DiffusionTask:
                 f"the {self.codec.kind} space has {c} channels ({self.codec.identity}) but "
                 f"model.in_channels={mcfg.in_channels}, model.out_channels={mcfg.out_channels}; "
                 f"set --model.in_channels={c} --model.out_channels={c}")
-        d = self.text.emb.shape[-1]
+        d = self.config.text.trainable_dim if self.trainable_text else self.text.emb.shape[-1]
         if mcfg.context_dim != d:
             raise ValueError(f"text encoder {self.config.text.spec!r} gives {d}-d embeddings but "
                              f"model.context_dim={mcfg.context_dim}; set --model.context_dim={d}")
@@ -118,7 +137,7 @@ class DiffusionTask:
         x0 = self.x.index_select(0, indices.to(dev))                    # (b, C, h, w)
         rows = torch.where(draws["drop"], torch.full_like(indices, self.text.empty_row),
                            self.caption_rows.index_select(0, indices)).to(dev)
-        context = self.emb.index_select(0, rows)                        # (b, L, D)
+        context = self.emb.index_select(0, rows)                        # (b, L, D) or ids (b, L)
         mask = self.mask.index_select(0, rows)                          # (b, L)
         t = draws["t"].to(dev)                                          # (b,)
         noise = draws["noise"].to(dev)                                  # (b, C, h, w)
@@ -170,8 +189,62 @@ class DiffusionTask:
         final.mkdir(parents=True, exist_ok=True)
         # EMA weights with their UNetConfig (load_module(UNet, UNetConfig, path)); config.yaml
         # holds what sampling needs besides: text encoder, schedule, prediction type, space.
-        save_module(ema_module, self.config.model, final / "unet.safetensors")
+        if isinstance(ema_module, TextConditionedUNet):
+            save_module(ema_module.unet, self.config.model, final / "unet.safetensors")
+            encoder = ema_module.text_encoder
+            save_module(encoder, encoder.config, final / TEXT_ENCODER_FILE)
+        else:
+            save_module(ema_module, self.config.model, final / "unet.safetensors")
         save_config(self.config, final / "config.yaml")
+
+
+class TokenTable:
+    """The trainable encoder's counterpart of TextEmbeddingTable: every unique caption (and "",
+    the null caption of classifier-free guidance) tokenized once. `emb` holds token ids."""
+
+    def __init__(self, captions: list[str], max_length: int) -> None:
+        self.captions = sorted(set(captions) | {""})
+        self._row = {c: i for i, c in enumerate(self.captions)}
+        self.max_length = max_length
+
+    def build_encoder(self, text_config: Any) -> nn.Module:
+        """A fresh TrainableTextEncoder over the captions' words; fills emb (U, L), mask (U, L)."""
+        from pictor.text.encoders import TrainableTextEncoder
+
+        encoder = TrainableTextEncoder.from_captions(
+            self.captions, dim=text_config.trainable_dim,
+            num_layers=text_config.trainable_num_layers,
+            num_heads=text_config.trainable_num_heads, max_length=self.max_length)
+        ids, mask = encoder.tokenize(self.captions)
+        length = int(mask.sum(1).max())  # trim to the longest caption
+        self.emb, self.mask = ids[:, :length], mask[:, :length]
+        return encoder
+
+    def rows(self, captions: list[str]) -> torch.Tensor:
+        return torch.tensor([self._row[c] for c in captions], dtype=torch.long)  # (N,)
+
+    @property
+    def empty_row(self) -> int:
+        return self._row[""]
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows(captions)
+        return self.emb[rows], self.mask[rows]  # (n, L) ids, (n, L)
+
+
+class TextConditionedUNet(nn.Module):
+    """U-Net and trainable text encoder as one module (one optimizer, EMA and DDP wrapper):
+    forward(x_t, t, ids, mask) = unet(x_t, t, *text_encoder.encode_ids(ids, mask))."""
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        context, mask = self.text_encoder.encode_ids(ids, mask)  # (B, L, D), (B, L)
+        return self.unet(x, t, context, mask)                     # (B, C, h, w)
 
 
 def _load_text_encoder(config: TrainConfig) -> Callable[[list[str]], Any]:
