@@ -13,7 +13,7 @@ classifier-free guidance (cond and uncond batched in one forward pass), one prom
   the same length (timing only). Our pixel-space models decode by pixel shuffle, which is free;
   diffusers' VAE decode is timed separately so the U-Net loops can be compared alone.
 
-    .venv/bin/python benchmarks/generate_latency.py --model models/shapes-v0   # ~3 min, 2 cores
+    .venv/bin/python benchmarks/generate_latency.py --model models/shapes-v1   # ~3 min, 2 cores
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ async def warm_up(url: str, num_requests: int, prompts: list[str], body_extra: d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "shapes-v0"))
+    parser.add_argument("--model", default=str(ROOT / "models" / "shapes-v1"))
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--duration-seconds", type=float, default=60.0)
     parser.add_argument("--warmup-requests", type=int, default=4)

@@ -1,6 +1,6 @@
 """`make demo` (python -m pictor.cli.demo): three prompts, four images each, into outputs/demo/.
 
-Uses the default model ($PICTOR_MODEL, else models/shapes-v0) and prints, per image, its path
+Uses the default model ($PICTOR_MODEL, else models/shapes-v1) and prints, per image, its path
 and the shapes-world scorer's verdict (pictor.evaluation.scorer). Exits 2 with instructions when
 the model is missing.
 """
@@ -21,7 +21,7 @@ IMAGES_PER_PROMPT = 4
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pictor.cli.demo", description=__doc__)
-    parser.add_argument("--model", default=None, help="model folder (default: models/shapes-v0)")
+    parser.add_argument("--model", default=None, help="model folder (default: models/shapes-v1)")
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}\nTo make the default model: `pictor data synth --num-images 20000 "
               "--out data/shapes`, then `pictor train --config configs/shapes-pixel.yaml` and "
-              "copy runs/shapes-pixel/final to models/shapes-v0.", file=sys.stderr)
+              "copy runs/shapes-pixel/final to models/shapes-v1.", file=sys.stderr)
         return 2
 
     from pictor.evaluation.scorer import score_image

@@ -6,7 +6,7 @@ provenance record written into every PNG and read back.
     pictor inspect IMAGE                      # the record as JSON (+ the XMP source type)
     pictor reproduce IMAGE [--model DIR] [-o FILE]   # exit 0: identical pixels, 1: not
 
-The model folder defaults to $PICTOR_MODEL, else the repository's models/shapes-v0. Errors in
+The model folder defaults to $PICTOR_MODEL, else the repository's models/shapes-v1. Errors in
 the user's input (unknown sampler, missing model folder, image without a record) exit with 2.
 """
 
@@ -18,11 +18,11 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "shapes-v0"
+DEFAULT_MODEL_NAME = "shapes-v1"
 
 
 def default_model_dir() -> Path:
-    """$PICTOR_MODEL, else <repo>/models/shapes-v0."""
+    """$PICTOR_MODEL, else <repo>/models/shapes-v1."""
     env = os.environ.get("PICTOR_MODEL")
     if env:
         return Path(env)
@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="classifier-free guidance scale (default 4)")
     p.add_argument("--negative", default="", help="negative prompt (default none)")
     p.add_argument("--model", default=None,
-                   help="model folder (default $PICTOR_MODEL, else models/shapes-v0)")
+                   help="model folder (default $PICTOR_MODEL, else models/shapes-v1)")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("outputs"),
                    help="folder for the PNGs (default outputs/)")
     p.set_defaults(func=run_generate)
@@ -103,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               help="Regenerate an image from its provenance record and compare.")
     p.add_argument("image", type=Path)
     p.add_argument("--model", default=None,
-                   help="model folder (default $PICTOR_MODEL, else models/shapes-v0)")
+                   help="model folder (default $PICTOR_MODEL, else models/shapes-v1)")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="also write the regenerated image here")
     p.set_defaults(func=run_reproduce)

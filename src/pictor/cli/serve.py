@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "REST API (OpenAPI at /openapi.json) and a web page "
                                           "at /. Every image carries its provenance record.")
     p.add_argument("--model", default=None,
-                   help="model folder (default $PICTOR_MODEL, else models/shapes-v0)")
+                   help="model folder (default $PICTOR_MODEL, else models/shapes-v1)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; others need --token-file)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

@@ -19,11 +19,11 @@ Batching keeps all of that by construction:
   of rows M, so a row's output changes in the last bits with the rows around it (measured:
   torch.nn.Linear on rows [:1] vs [:2] differs, and so do the U-Net's GEMMs at M >= 5 images
   even with small-M Linears made row-wise). After 20 guided steps this leaves a few channel
-  values one level off (shapes-v0: 8 of 98,304 over 8 images; Pipeline.generate's own batching
+  values one level off (shapes-v1: 8 of 98,304 over 8 images; Pipeline.generate's own batching
   of num_images shows differences of the same kind, 8 of 73,728 values for n=6 vs n=1). With `exact=True` (the default)
   the batched denoiser therefore evaluates the network on each request's own rows, with exactly
   the solo shapes and values, and scatters the results back: images are bit-identical to solo
-  calls (tested; shapes-v0: 0 of 98,304), and `pictor reproduce` reproduces every served
+  calls (tested; shapes-v1: 0 of 98,304), and `pictor reproduce` reproduces every served
   image. `exact=False` runs one network call over all rows: faster (the serve benchmark
   measures both), at the price of those one-level differences.
 
