@@ -21,7 +21,6 @@ generated images take the same path: these metrics move with resizing (Parmar et
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from pictor.networks.codec import file_sha256
 
 FEATURES_FILE = "shapes_features.safetensors"
 DEFAULT_FEATURES_NAME = "shapes-features"
@@ -63,14 +64,6 @@ def images_to_tensor(images: Sequence[Image.Image], size_px: int) -> torch.Tenso
         return torch.zeros(0, 3, size_px, size_px)
     x = torch.from_numpy(np.stack(arrays))  # (N, H, W, 3) in [0, 255]
     return (x.permute(0, 3, 1, 2) / 127.5 - 1.0).contiguous()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
