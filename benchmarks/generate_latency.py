@@ -87,7 +87,7 @@ class DiffusersSampler:
 
         self.unet, self.widths = matched_diffusers_unet(pipe, max_gap)
         self.vae = diffusers_vae(pipe.latent_shape[0], pipe.codec.downsampling_factor)
-        cond, _ = pipe._conds(PROMPT, "")
+        cond, _ = pipe.conditions(PROMPT, "")
         self.context_length = int(cond["context"].shape[1])
         dim = int(cond["context"].shape[2])
         self.context = torch.randn(2, self.context_length, dim)  # (cond, uncond) rows

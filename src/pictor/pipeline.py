@@ -21,6 +21,7 @@ the prompts in one call (masked keys carry exactly zero attention weight).
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,9 @@ DEFAULT_GUIDANCE_SCALE = 4.0  # the guidance scale of the shapes validation grid
 DEFAULT_NUM_STEPS = 20
 DEFAULT_SAMPLER = "dpm++2m"
 # Samplers that draw noise at every step: run image by image so each uses only its generator.
-_STOCHASTIC = {"ddpm"}
+STOCHASTIC_SAMPLERS = {"ddpm"}
+# Prompts whose embeddings a pipeline keeps (least recently used evicted first).
+PROMPT_CACHE_SIZE = 1024
 
 # callback(step_index, num_steps, t, x_t, x0_pred), as the samplers call it
 Callback = Callable[[int, int, float, torch.Tensor, torch.Tensor], None]
@@ -175,7 +178,10 @@ class Pipeline:
         h = self.image_size // codec.downsampling_factor
         self.latent_shape = (codec.channels, h, h)  # (C, h, w) of x_T
         self._text_encoder: Any = None
-        self._embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Per-prompt embeddings, least recently used evicted beyond prompt_cache_size (a server
+        # sees unboundedly many distinct prompts).
+        self._embeddings: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.prompt_cache_size = PROMPT_CACHE_SIZE
 
     # ------------------------------------------------------------------ text
     @property
@@ -198,12 +204,17 @@ class Pipeline:
         """(emb (1, L, D), mask (1, L)) at the encoder's max_length, cached per prompt."""
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
-        if prompt not in self._embeddings:
+        cache = self._embeddings
+        if prompt in cache:
+            cache.move_to_end(prompt)
+        else:
             emb, mask = self.text_encoder.encode([prompt])
-            self._embeddings[prompt] = (emb.to(self.device), mask.to(self.device))
-        return self._embeddings[prompt]
+            cache[prompt] = (emb.to(self.device), mask.to(self.device))
+            while len(cache) > max(1, self.prompt_cache_size):
+                cache.popitem(last=False)
+        return cache[prompt]
 
-    def _conds(self, prompt: str, negative_prompt: str) -> tuple[dict, dict]:
+    def conditions(self, prompt: str, negative_prompt: str = "") -> tuple[dict, dict]:
         """cond and uncond dicts (batch 1) trimmed to the longest real token run of the two."""
         (ce, cm), (ue, um) = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         length = max(1, int(cm.sum()), int(um.sum()))
@@ -211,7 +222,8 @@ class Pipeline:
                 {"context": ue[:, :length], "mask": um[:, :length]})
 
     # ------------------------------------------------------------------ sampling
-    def _denoiser(self) -> Denoiser:
+    def denoiser(self) -> Denoiser:
+        """The U-Net as a `pictor.diffusion.denoiser.Denoiser` over {"context", "mask"} conds."""
         unet = self.unet
 
         def model(x, t, c):  # x (B, C, h, w), t (B,), c: {"context": (B, L, D), "mask": (B, L)}
@@ -219,8 +231,9 @@ class Pipeline:
 
         return Denoiser(model=model, schedule=self.schedule, prediction_type=self.prediction_type)
 
-    def _check_args(self, num_images: int, seed: int, num_steps: int, guidance_scale: float
-                    ) -> None:
+    def check_args(self, num_images: int, seed: int, num_steps: int, guidance_scale: float
+                   ) -> None:
+        """ValueError with the reason when generate() would refuse these settings."""
         if int(num_images) < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         if int(seed) < 0:
@@ -231,7 +244,7 @@ class Pipeline:
         if not np.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
 
-    def _initial_noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    def initial_noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
         """x_T (n, C, h, w): row i drawn from its own CPU generator seeded with seeds[i]."""
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         x_T = torch.stack([torch.randn(self.latent_shape, generator=g) for g in gens])
@@ -242,13 +255,13 @@ class Pipeline:
                        callback: Callback | None = None, **sampler_options: Any) -> torch.Tensor:
         """z_0 (n, C, h, w) for one prompt and n seeds (the reproducibility contract above)."""
         sample = get_sampler(sampler)
-        cond, uncond = self._conds(prompt, negative_prompt)
+        cond, uncond = self.conditions(prompt, negative_prompt)
         # Empty prompt without a negative one: the unconditional model, no guidance needed.
         guidance = None if (prompt == "" and negative_prompt == "") else CFG(
             scale=float(guidance_scale), uncond=uncond)
-        denoiser = self._denoiser()
-        x_T, gens = self._initial_noise(seeds)
-        stochastic = canonical_sampler_name(sampler) in _STOCHASTIC or (
+        denoiser = self.denoiser()
+        x_T, gens = self.initial_noise(seeds)
+        stochastic = canonical_sampler_name(sampler) in STOCHASTIC_SAMPLERS or (
             float(sampler_options.get("eta", 0.0)) > 0)
         with torch.inference_mode():
             if not stochastic:
@@ -269,7 +282,7 @@ class Pipeline:
                  guidance_scale: float = DEFAULT_GUIDANCE_SCALE, negative_prompt: str = "",
                  callback: Callback | None = None) -> list[GeneratedImage]:
         """num_images RGB images for `prompt`, image i from seed + i, each with its record."""
-        self._check_args(num_images, seed, num_steps, guidance_scale)
+        self.check_args(num_images, seed, num_steps, guidance_scale)
         name = canonical_sampler_name(sampler)
         seeds = [int(seed) + i for i in range(int(num_images))]
         z = self.sample_latents(prompt, seeds, num_steps=int(num_steps), sampler=name,
@@ -292,7 +305,7 @@ class Pipeline:
                    negative_prompt: str = "") -> list[TrajectoryStep]:
         """Per sampler step: the sample x_t the network saw and its x0 prediction, decoded.
         The final image equals generate(prompt, seed=seed, ...)[0]."""
-        self._check_args(1, seed, num_steps, guidance_scale)
+        self.check_args(1, seed, num_steps, guidance_scale)
         seen: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
 
         def record(i, n, t, x_t, x0):

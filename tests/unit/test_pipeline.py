@@ -80,6 +80,20 @@ def test_empty_prompt_is_the_unconditional_model(pipe):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def test_prompt_cache_keeps_the_most_recently_used_prompts(pipe):
+    before = pipe.prompt_cache_size
+    try:
+        pipe.prompt_cache_size = 2
+        first = pipe.encode_prompt("a red circle")[0].clone()
+        pipe.encode_prompt("a blue square")
+        pipe.encode_prompt("a red circle")          # used again: now the most recent
+        pipe.encode_prompt("three stars")           # evicts "a blue square"
+        assert list(pipe._embeddings) == ["a red circle", "three stars"]
+        assert torch.equal(pipe.encode_prompt("a red circle")[0], first)
+    finally:
+        pipe.prompt_cache_size = before
+
+
 def test_trajectory_ends_at_the_generated_image(pipe):
     steps = pipe.trajectory(PROMPT, seed=2, num_steps=6)
     assert [s.step_index for s in steps] == list(range(6))

@@ -7,7 +7,7 @@ sampler), its prompt and negative prompt trimmed to their longest real token run
 network evaluated on the request's own rows, `cat([cond rows, uncond rows])`, 2 n of them.
 
 Batching keeps all of that by construction:
-- x_T of a batch is the stack of every request's per-image noise (`Pipeline._initial_noise` of
+- x_T of a batch is the stack of every request's per-image noise (`Pipeline.initial_noise` of
   the concatenated seeds draws each row from its own generator, so the rows are the solo rows);
 - requests share a call only when their `batch_key` agrees: same model, canonical sampler,
   num_steps, guidance scale, guided or not, and the same trimmed text length L (so the cond and
@@ -42,10 +42,10 @@ import torch
 from pictor.diffusion.denoiser import Denoiser
 from pictor.guidance import CFG
 from pictor.pipeline import (
-    _STOCHASTIC,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_STEPS,
     DEFAULT_SAMPLER,
+    STOCHASTIC_SAMPLERS,
     GeneratedImage,
     Pipeline,
     canonical_sampler_name,
@@ -83,7 +83,7 @@ class GenerationRequest:
 
 def check_request(pipe: Pipeline, request: GenerationRequest) -> None:
     """ValueError with the reason when the pipeline would refuse the request."""
-    pipe._check_args(request.num_images, request.seed, request.num_steps,
+    pipe.check_args(request.num_images, request.seed, request.num_steps,
                      request.guidance_scale)
     canonical_sampler_name(request.sampler)
     for name in ("prompt", "negative_prompt"):
@@ -91,17 +91,9 @@ def check_request(pipe: Pipeline, request: GenerationRequest) -> None:
             raise ValueError(f"{name} must be a string")
 
 
-def trim_prompt_cache(pipe: Pipeline, max_entries: int) -> None:
-    """Keep the pipeline's per-prompt embedding cache (insertion ordered) to max_entries: a
-    server sees unboundedly many distinct prompts."""
-    cache = pipe._embeddings
-    while len(cache) > max_entries:
-        cache.pop(next(iter(cache)))
-
-
 def conditioning(pipe: Pipeline, request: GenerationRequest) -> tuple[dict, dict]:
     """The solo cond and uncond dicts of the request (batch 1, trimmed as the pipeline does)."""
-    return pipe._conds(request.prompt, request.negative_prompt)
+    return pipe.conditions(request.prompt, request.negative_prompt)
 
 
 def batch_key(pipe: Pipeline, request: GenerationRequest) -> tuple[Any, ...]:
@@ -172,14 +164,14 @@ def sample_batch(pipe: Pipeline, requests: Sequence[GenerationRequest], *, exact
     sizes = [int(r.num_images) for r in requests]
     conds = [conditioning(pipe, r) for r in requests]
 
-    if name in _STOCHASTIC:
+    if name in STOCHASTIC_SAMPLERS:
         return _sample_image_by_image(pipe, requests, conds, sample, on_step, active)
 
     cond = _concat([c for c, _ in conds], sizes)  # (B, L, D), (B, L)
     uncond = _concat([u for _, u in conds], sizes)
     guidance = CFG(scale=float(head.guidance_scale), uncond=uncond) if head.guided else None
-    denoiser = _exact_denoiser(pipe, sizes, active) if exact else pipe._denoiser()
-    x_T, gens = pipe._initial_noise([s for r in requests for s in r.seeds])  # (B, C, h, w)
+    denoiser = _exact_denoiser(pipe, sizes, active) if exact else pipe.denoiser()
+    x_T, gens = pipe.initial_noise([s for r in requests for s in r.seeds])  # (B, C, h, w)
     bounds = torch.cumsum(torch.tensor([0, *sizes]), 0).tolist()
 
     def callback(i, n, t, x_t, x0):
@@ -201,7 +193,7 @@ def _sample_image_by_image(pipe, requests, conds, sample, on_step, active) -> li
     for r, (request, (cond, uncond)) in enumerate(zip(requests, conds, strict=True)):
         guidance = (CFG(scale=float(request.guidance_scale), uncond=uncond) if request.guided
                     else None)
-        x_T, gens = pipe._initial_noise(request.seeds)
+        x_T, gens = pipe.initial_noise(request.seeds)
         for i in range(request.num_images):
             if not active(r):
                 break
@@ -213,7 +205,7 @@ def _sample_image_by_image(pipe, requests, conds, sample, on_step, active) -> li
                                              for k in range(len(requests))])
 
             with torch.inference_mode():
-                out[r].append(sample(pipe._denoiser(), x_T[i:i + 1], int(request.num_steps),
+                out[r].append(sample(pipe.denoiser(), x_T[i:i + 1], int(request.num_steps),
                                      cond=cond, guidance=guidance, generator=gens[i],
                                      callback=callback))
     return [torch.cat(z) if z else torch.empty(0, *pipe.latent_shape) for z in out]

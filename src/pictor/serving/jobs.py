@@ -38,7 +38,6 @@ from pictor.serving.batching import (
     batch_key,
     decode_request,
     sample_batch,
-    trim_prompt_cache,
 )
 from pictor.serving.mark import LABEL, add_visible_mark
 from pictor.serving.settings import ServeSettings
@@ -116,6 +115,8 @@ class JobQueue:
 
     def __init__(self, pipe: Pipeline, settings: ServeSettings) -> None:
         self.pipe, self.settings = pipe, settings
+        # a server sees unboundedly many distinct prompts: bound the pipeline's embedding cache
+        pipe.prompt_cache_size = settings.max_cached_prompts
         self._lock = threading.Condition()
         self._queue: list[Job] = []
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -303,7 +304,6 @@ class JobQueue:
                 with self._lock:
                     self._running = []
                     self._evict_finished()
-                    trim_prompt_cache(self.pipe, self.settings.max_cached_prompts)
 
     def _run(self, batch: list[Job]) -> None:
         settings, pipe = self.settings, self.pipe
