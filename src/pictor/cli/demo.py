@@ -1,7 +1,7 @@
 """`make demo` (python -m pictor.cli.demo): three prompts, four images each, into outputs/demo/.
 
-Uses the default model ($PICTOR_MODEL, else models/shapes-v1) and prints, per image, its path
-and the shapes-world scorer's verdict (pictor.evaluation.scorer). Exits 2 with instructions when
+Uses the default model ($PICTOR_MODEL, else the shipped one) and prints, per image, its path
+and the shapes-world scorer's verdict (pictor.evaluation.scorer). Exits 2 with a reason when
 the model is missing.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from pictor.cli.generate import add_model_argument
 
 DEMO_PROMPTS = (
     "a red circle to the left of a blue square",
@@ -21,7 +23,7 @@ IMAGES_PER_PROMPT = 4
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pictor.cli.demo", description=__doc__)
-    parser.add_argument("--model", default=None, help="model folder (default: models/shapes-v1)")
+    add_model_argument(parser)
     parser.add_argument("-o", "--output-dir", type=Path, default=Path("outputs/demo"))
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
@@ -31,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_dir = resolve_model_dir(args.model)
     except ValueError as err:
-        print(f"error: {err}\nTo make the default model: `pictor data synth --num-images 20000 "
-              "--out data/shapes`, then `pictor train --config configs/shapes-pixel.yaml` and "
-              "copy runs/shapes-pixel/final to models/shapes-v1.", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
     from pictor.evaluation.scorer import score_image

@@ -9,7 +9,7 @@
 
 `pictor eval` writes REPORT_DIR/report.json, report.md and a self-contained report.html (plus
 the PNG grids and plots they show); see pictor.evaluation.report. The model folder defaults to
-$PICTOR_MODEL, else models/shapes-v1. Errors in the user's input exit with 2.
+$PICTOR_MODEL, else the shipped default model. Errors in the user's input exit with 2.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from pictor.cli.generate import add_model_argument
 
 
 def _error(message: str) -> int:
@@ -30,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate the suite's prompts, judge every image, and report per-category "
                     "scores with 95% intervals, sample grids, distribution metrics against "
                     "held-out renders (with their real-vs-real floor), sweeps and comparisons.")
-    p.add_argument("--model", default=None,
-                   help="model folder (default $PICTOR_MODEL, else models/shapes-v1)")
+    add_model_argument(p)
     p.add_argument("--suite", default="geneval-shapes",
                    help="prompt suite: geneval-shapes (default) or validation-shapes")
     p.add_argument("--images-per-prompt", type=int, default=4,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pictor.cli.generate import _error, load_for_sampling, resolve_model_dir
+from pictor.cli.generate import _error, add_model_argument, load_for_sampling, resolve_model_dir
 
 FORWARD_FRACTIONS = (0.0, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0)  # of T - 1
 CELL_PIXELS = 96  # images are upscaled (nearest) to this size in strips and GIFs
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("image", type=Path)
     f.add_argument("-o", "--output", type=Path, default=Path("forward.png"))
     f.add_argument("--seed", type=int, default=0, help="seed of the noise eps")
-    f.add_argument("--model", default=None, help="model folder (its schedule and image size)")
+    add_model_argument(f, "model folder (its schedule and image size)")
     f.set_defaults(func=run_forward)
     r = sub.add_parser("reverse", help="sample a prompt: x_t and predicted x0 per step")
     r.add_argument("prompt")
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--sampler", default="dpm++2m")
     r.add_argument("--guidance", type=float, default=None, help="CFG scale (default 4)")
     r.add_argument("--negative", default="")
-    r.add_argument("--model", default=None)
+    add_model_argument(r)
     r.set_defaults(func=run_reverse)
     p.set_defaults(func=lambda args: _error("choose a process: pictor explain forward|reverse"))
 

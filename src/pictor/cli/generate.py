@@ -6,7 +6,7 @@ provenance record written into every PNG and read back.
     pictor inspect IMAGE                      # the record as JSON (+ the XMP source type)
     pictor reproduce IMAGE [--model DIR] [-o FILE]   # exit 0: identical pixels, 1: not
 
-The model folder defaults to $PICTOR_MODEL, else the repository's models/shapes-v1. Errors in
+The model folder defaults to $PICTOR_MODEL, else the repository's models/<DEFAULT_MODEL_NAME>. Errors in
 the user's input (unknown sampler, missing model folder, image without a record) exit with 2.
 """
 
@@ -22,7 +22,7 @@ DEFAULT_MODEL_NAME = "shapes-v1"
 
 
 def default_model_dir() -> Path:
-    """$PICTOR_MODEL, else <repo>/models/shapes-v1."""
+    """$PICTOR_MODEL, else <repo>/models/<DEFAULT_MODEL_NAME>."""
     env = os.environ.get("PICTOR_MODEL")
     if env:
         return Path(env)
@@ -38,10 +38,16 @@ def resolve_model_dir(model: str | Path | None) -> Path:
         how = ("" if model else " (the default: set PICTOR_MODEL or pass --model to use "
                "another)")
         raise ValueError(
-            f"model folder {str(path)!r} does not exist{how}. Train one with "
-            "`pictor train --config configs/shapes-pixel.yaml` and pass its final/ folder, e.g. "
-            "--model runs/shapes-pixel/final")
+            f"model folder {str(path)!r} does not exist{how}. Train one with `pictor train "
+            "--config configs/shapes.yaml` (README: 'Training') and pass its final/ folder, "
+            "e.g. --model runs/shapes/final")
     return path
+
+
+def add_model_argument(parser: argparse.ArgumentParser, what: str = "model folder") -> None:
+    """The `--model DIR` option every command that loads a model shares."""
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help=f"{what} (default $PICTOR_MODEL, else models/{DEFAULT_MODEL_NAME})")
 
 
 def load_for_sampling(args: argparse.Namespace):
@@ -89,8 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default 4)")
     p.add_argument("--negative", default="", help="negative prompt (default none)")
-    p.add_argument("--model", default=None,
-                   help="model folder (default $PICTOR_MODEL, else models/shapes-v1)")
+    add_model_argument(p)
     p.add_argument("-o", "--output-dir", type=Path, default=Path("outputs"),
                    help="folder for the PNGs (default outputs/)")
     p.set_defaults(func=run_generate)
@@ -102,8 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("reproduce",
                               help="Regenerate an image from its provenance record and compare.")
     p.add_argument("image", type=Path)
-    p.add_argument("--model", default=None,
-                   help="model folder (default $PICTOR_MODEL, else models/shapes-v1)")
+    add_model_argument(p)
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="also write the regenerated image here")
     p.set_defaults(func=run_reproduce)

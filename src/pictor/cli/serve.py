@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from pictor.cli.generate import _error, resolve_model_dir
+from pictor.cli.generate import _error, add_model_argument, resolve_model_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,8 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Serve text-to-image generation over HTTP: an async "
                                           "REST API (OpenAPI at /openapi.json) and a web page "
                                           "at /. Every image carries its provenance record.")
-    p.add_argument("--model", default=None,
-                   help="model folder (default $PICTOR_MODEL, else models/shapes-v1)")
+    add_model_argument(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; others need --token-file)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
