@@ -15,8 +15,8 @@ set (VmRSS) of the server process after warm-up and at the end, and its peak (Vm
     .venv/bin/python benchmarks/serve_load.py                         # 3 x 60 s + warm-ups
     .venv/bin/python benchmarks/serve_load.py --duration-seconds 15   # a quick check
 
-Writes benchmarks/results/serve_load.json and prints a Markdown table (BENCHMARKS.md is left
-to the caller).
+Writes benchmarks/results/serve_load.json and prints a Markdown table; --update-markdown also
+writes it into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from common import ROOT, environment, markdown_table, write_json
+from common import ROOT, environment, markdown_table, update_markdown_section, write_json
 
 NAME = "serve_load"
 MODES = {"off": ["--max-batch-images", "1"],
@@ -191,7 +191,8 @@ async def warm_up(url: str, num_requests: int, prompts: list[str], body_extra: d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "shapes-v1"))
+    parser.add_argument("--model", default=None,
+                        help="model folder (default: the shipped one, as `pictor generate`)")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--duration-seconds", type=float, default=60.0)
     parser.add_argument("--warmup-requests", type=int, default=4)
@@ -201,7 +202,13 @@ def main() -> None:
     parser.add_argument("--server-args", default="",
                         help="extra `pictor serve` arguments, e.g. '--max-queued-jobs 8'")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--update-markdown", action="store_true",
+                        help="also write the table into BENCHMARKS.md")
     args = parser.parse_args()
+    if args.model is None:
+        from pictor.cli.generate import default_model_dir
+
+        args.model = str(default_model_dir())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(MODES)
     if unknown:
@@ -239,11 +246,19 @@ def main() -> None:
     table = markdown_table(["batching", "images/s", "vs off", "mean batch (images)",
                             "p50 s", "p95 s", "p99 s", "errors", "429s",
                             "server RSS MiB start / end"], rows)
-    print(f"\n{args.clients} clients x {args.duration_seconds:.0f} s per mode on loopback, "
-          f"{Path(args.model).name}, {args.steps} steps dpm++2m, n=1; "
-          f"load average {env_before['load_average_1min']:.1f} before, "
-          f"{env_after['load_average_1min']:.1f} after\n")
-    print(table)
+    body = (f"`pictor serve` under load: {args.clients} concurrent clients for "
+            f"{args.duration_seconds:.0f} s per batching mode on loopback, each looping POST -> "
+            f"server-sent events to `done` -> GET PNG; `{Path(args.model).name}`, "
+            f"{args.steps} steps dpm++2m, n=1, prompts from all six shapes categories; "
+            f"{env_before['cpu']} x {env_before['cpu_count']}, 1-min load average "
+            f"{env_before['load_average_1min']:.1f} before, {env_after['load_average_1min']:.1f} "
+            f"after. Latency: POST sent -> PNG received. 429s are intended back-pressure (the "
+            f"client waits Retry-After); errors are anything else. off: one job per sampler "
+            f"call; exact: micro-batches, images bit-identical to solo calls; fast: one network "
+            f"call per batch (`--fast-batching`). Written by `benchmarks/serve_load.py` "
+            f"({env_before['date_utc']}; raw: `benchmarks/results/{NAME}.json`).\n\n" + table)
+    print()
+    print(body)
     if args.no_write:
         return
     data = {"settings": vars(args) | {"prompts": "shapes-world, 6 categories, 200 prompts"},
@@ -251,6 +266,8 @@ def main() -> None:
             "load_average_1min_after": env_after["load_average_1min"],
             "results": results}
     print(f"\nwrote {write_json(NAME, data)}")
+    if args.update_markdown:
+        update_markdown_section(NAME, body)
 
 
 if __name__ == "__main__":
