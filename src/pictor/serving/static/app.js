@@ -31,6 +31,9 @@ async function errorText(res) {
   } catch (e) { return res.status + " " + res.statusText; }
 }
 
+// Defaults fill the form once; a later reload (a new token) keeps what the user has set.
+let defaultsApplied = false;
+
 async function loadModels() {
   const res = await api("/v1/models");
   if (res.status === 401) {
@@ -44,17 +47,21 @@ async function loadModels() {
   $("model-info").textContent =
     `${model.name} · ${model.image_size}×${model.image_size} · sha256 ${model.sha256.slice(0, 12)}…`;
   const select = $("sampler");
+  const chosen = defaultsApplied ? select.value : model.defaults.sampler;
   select.replaceChildren();
   for (const name of model.samplers) {
     const opt = document.createElement("option");
     opt.value = opt.textContent = name;
-    if (name === model.defaults.sampler) opt.selected = true;
+    if (name === chosen) opt.selected = true;
     select.appendChild(opt);
   }
   $("n").max = model.limits.n;
   $("steps").max = model.limits.steps;
-  $("steps").value = model.defaults.steps;
-  $("guidance").value = model.defaults.guidance;
+  if (!defaultsApplied) {
+    $("steps").value = model.defaults.steps;
+    $("guidance").value = model.defaults.guidance;
+    defaultsApplied = true;
+  }
   $("prompt").maxLength = $("negative_prompt").maxLength = model.limits.prompt_chars;
   say("");
 }
