@@ -51,6 +51,7 @@ def save_module(module: nn.Module, config: Any, path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    tmp.chmod(0o644)  # safetensors creates files 0600; a model folder is meant to be shared
     tmp.replace(path)  # atomic: a crash never leaves a half-written model file
 
 

@@ -27,6 +27,7 @@ def test_unet_round_trip_is_bit_exact(tmp_path):
     x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([3.0]), torch.randn(1, 2, 12)
     assert torch.equal(model(x, t, ctx), loaded(x, t, ctx))
     assert read_metadata(path)["step"] == "12"
+    assert path.stat().st_mode & 0o777 == 0o644  # others may read a model folder
 
 
 def test_autoencoder_round_trip_keeps_scaling_factor(tmp_path):
