@@ -58,3 +58,22 @@ def test_autoencoder_then_latent_diffusion(data, tmp_path):
     with pytest.raises(ValueError, match="set --model.in_channels=4 --model.out_channels=4"):
         train(tiny_config(images, cache, tmp_path / "bad", *MICRO_MODEL, *space))
     assert isinstance(load_config(REPO / "configs" / "shapes.yaml", TrainConfig), TrainConfig)
+
+
+def test_autoencoder_trains_on_prepared_shards(tmp_path):
+    """A shard folder (what `pictor data prepare` writes) trains the autoencoder as an
+    imagefolder does: a user's own data can have its own latent space."""
+    from pictor.data.synth import synthesize
+
+    shards = tmp_path / "shards"
+    synthesize(shards, 32, seed=1, workers=1, progress=False, format="shards")
+    config = load_config(REPO / "configs" / "autoencoder.yaml", AutoencoderTrainConfig, [
+        f"--data.path={shards}", "--data.image_size=16", f"--training.output_dir={tmp_path}/ae",
+        "--model.channels=[8,16]", "--model.max_norm_groups=4", "--training.batch_size=8",
+        "--training.max_steps=4", "--training.checkpoint_every_steps=0",
+        "--training.validation_every_steps=0", "--training.progress_bar=false",
+        "--training.num_threads=1", "--optimizer.warmup_steps=1",
+    ])
+    result = train_autoencoder(config)
+    assert result.step == 4 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert (tmp_path / "ae" / "final" / "autoencoder.safetensors").is_file()

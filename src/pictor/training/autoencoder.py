@@ -57,12 +57,13 @@ class _Reconstruct(nn.Module):
 
 class AutoencoderTask:
     def __init__(self, config: AutoencoderTrainConfig, dist: DistInfo) -> None:
-        from pictor.data.loader import ImageFolderDataset
+        from pictor.data.loader import open_dataset
 
         self.config = config
         self.device = dist.device
-        dataset = ImageFolderDataset(config.data.path, image_size=config.data.image_size,
-                                     max_images=config.data.max_images)
+        # an imagefolder (`pictor data synth`) or shards (`pictor data prepare`), as `pictor train`
+        dataset = open_dataset(config.data.path, image_size=config.data.image_size,
+                               max_images=config.data.max_images)
         self.images = dataset.load_all().to(self.device)  # (N, 3, H, W) in [-1, 1]
         self.num_examples = len(dataset)
         torch.manual_seed(config.training.seed)
