@@ -41,7 +41,13 @@ from pictor.networks.io import load_module
 from pictor.networks.unet import UNet, UNetConfig
 from pictor.provenance import ProvenanceRecord
 from pictor.samplers import SAMPLER_ALIASES, SAMPLERS, get_sampler
-from pictor.text.encoders import TEXT_ENCODER_FILE, TRAINABLE_SPEC
+from pictor.text.encoders import (
+    TEXT_ENCODER_FILE,
+    TRAINABLE_SPEC,
+    EmbeddingDiskCache,
+    default_cache_dir,
+    frozen_encoder_identity,
+)
 
 UNET_FILE = "unet.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -182,6 +188,7 @@ class Pipeline:
         # sees unboundedly many distinct prompts).
         self._embeddings: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.prompt_cache_size = PROMPT_CACHE_SIZE
+        self._disk_cache: EmbeddingDiskCache | None | bool = False  # False: not looked up yet
 
     # ------------------------------------------------------------------ text
     @property
@@ -208,11 +215,28 @@ class Pipeline:
         if prompt in cache:
             cache.move_to_end(prompt)
         else:
-            emb, mask = self.text_encoder.encode([prompt])
+            disk = self._embedding_disk_cache()
+            hit = disk.get(prompt) if disk is not None else None
+            if hit is None:
+                emb, mask = self.text_encoder.encode([prompt])
+                if disk is not None:
+                    disk.put(prompt, emb, mask)
+            else:  # a frozen encoder's output from an earlier process: no need to load it
+                emb, mask = hit
             cache[prompt] = (emb.to(self.device), mask.to(self.device))
             while len(cache) > max(1, self.prompt_cache_size):
                 cache.popitem(last=False)
         return cache[prompt]
+
+    def _embedding_disk_cache(self) -> EmbeddingDiskCache | None:
+        """The persistent embedding cache of a frozen text encoder (None: trainable encoder, or
+        PICTOR_CACHE_DIR=none)."""
+        if self._disk_cache is False:
+            root = default_cache_dir()
+            t = self.config.text
+            identity = frozen_encoder_identity(t.spec, t.max_length) if root else None
+            self._disk_cache = EmbeddingDiskCache(root, identity) if identity else None
+        return self._disk_cache  # type: ignore[return-value]
 
     def conditions(self, prompt: str, negative_prompt: str = "") -> tuple[dict, dict]:
         """cond and uncond dicts (batch 1) trimmed to the longest real token run of the two."""

@@ -94,6 +94,22 @@ def test_prompt_cache_keeps_the_most_recently_used_prompts(pipe):
         pipe.prompt_cache_size = before
 
 
+def test_a_later_process_reuses_the_stored_prompt_embedding(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PICTOR_CACHE_DIR", str(tmp_path / "cache"))
+    first = load_pipeline(model_dir)
+    fresh = pixels(first.generate("two stars", num_images=2, seed=4, num_steps=6))
+    assert first._text_encoder is not None
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2  # prompt and ""
+    later = load_pipeline(model_dir)  # as a new `pictor generate` process would
+    again = pixels(later.generate("two stars", num_images=2, seed=4, num_steps=6))
+    assert later._text_encoder is None  # the encoder was never loaded
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, again, strict=True))
+    monkeypatch.setenv("PICTOR_CACHE_DIR", "none")
+    off = load_pipeline(model_dir)
+    assert pixels(off.generate("two stars", num_images=2, seed=4, num_steps=6))[1].tobytes() \
+        == fresh[1].tobytes() and off._text_encoder is not None
+
+
 def test_trajectory_ends_at_the_generated_image(pipe):
     steps = pipe.trajectory(PROMPT, seed=2, num_steps=6)
     assert [s.step_index for s in steps] == list(range(6))

@@ -18,6 +18,8 @@ Every encoder follows one protocol, `TextEncoder`:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import re
 import warnings
 from collections import Counter
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 # Token budget of the prompts. The canonical shapes-world prompts need at most 12 tokens with
@@ -170,6 +174,79 @@ def load_text_encoder(spec: str = "minilm", max_length: int = DEFAULT_MAX_LENGTH
             f"text encoder spec {spec!r}: no folder at {path.resolve()}. Use 'minilm' or the path "
             "of a local Hugging Face model folder; models are never downloaded")
     return HFTextEncoder(path, max_length, device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# A disk cache of frozen-encoder embeddings (a later process skips loading the encoder)
+# ----------------------------------------------------------------------------------------------
+
+# Where prompt embeddings persist between processes; "none" turns the cache off.
+CACHE_DIR_ENV = "PICTOR_CACHE_DIR"
+
+
+def default_cache_dir() -> Path | None:
+    """$PICTOR_CACHE_DIR, else $XDG_CACHE_HOME/pictor, else ~/.cache/pictor; None when the
+    variable is "none"."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return None if env.lower() == "none" else Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pictor"
+
+
+def frozen_encoder_identity(spec: str, max_length: int) -> str | None:
+    """A string that changes whenever the frozen encoder `spec` would embed differently (its
+    folder, the size and mtime of its files, max_length), computed without loading it; None for
+    the trainable encoder (its weights live in the model folder)."""
+    if spec == TRAINABLE_SPEC:
+        return None
+    folder = minilm_path() if spec == "minilm" else Path(spec).expanduser()
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    stats = ";".join(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                     for p in files)
+    return f"{folder.resolve()}|max_length={max_length}|{stats}"
+
+
+class EmbeddingDiskCache:
+    """(emb (1, L, D), mask (1, L)) per prompt in `root/<identity hash>/<prompt hash>.safetensors`.
+    The stored tensors are the encoder's output bit for bit, so images made from a cached
+    embedding equal images made from a fresh one. Unreadable or mismatched entries count as
+    misses; a cache that cannot be written (read-only home) is silently skipped."""
+
+    def __init__(self, root: str | Path, identity: str) -> None:
+        self.identity = identity
+        self.folder = Path(root) / "text" / hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+    def _path(self, prompt: str) -> Path:
+        return self.folder / f"{hashlib.sha256(prompt.encode()).hexdigest()[:32]}.safetensors"
+
+    def get(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        path = self._path(prompt)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("prompt") != prompt or meta.get("identity") != self.identity:
+                    return None
+                return f.get_tensor("emb"), f.get_tensor("mask").bool()
+        except Exception:  # noqa: BLE001 - a damaged entry is a miss, never an error
+            return None
+
+    def put(self, prompt: str, emb: torch.Tensor, mask: torch.Tensor) -> None:
+        path = self._path(prompt)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_file({"emb": emb.detach().cpu().contiguous(),
+                       "mask": mask.detach().cpu().to(torch.uint8).contiguous()}, str(tmp),
+                      metadata={"prompt": prompt, "identity": self.identity})
+            tmp.replace(path)  # atomic: concurrent processes never read half a file
+        except Exception:  # noqa: BLE001 - a cache must never stop a generation
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------

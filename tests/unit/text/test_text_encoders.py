@@ -224,3 +224,40 @@ def test_trainable_encoder_shapes_padding_invariance_and_gradients():
     (emb[mask].square().mean()).backward()
     assert enc.token_embedding.weight.grad is not None
     assert all(p.grad is not None for p in enc.layers.parameters())
+
+
+def test_embedding_disk_cache_round_trip_and_misses(tmp_path):
+    from pictor.text.encoders import EmbeddingDiskCache
+
+    cache = EmbeddingDiskCache(tmp_path, "encoder-a")
+    emb, mask = torch.randn(1, 5, 8), torch.tensor([[True, True, True, False, False]])
+    assert cache.get("a red circle") is None
+    cache.put("a red circle", emb, mask)
+    got_emb, got_mask = cache.get("a red circle")
+    assert torch.equal(got_emb, emb) and torch.equal(got_mask, mask)
+    assert EmbeddingDiskCache(tmp_path, "encoder-b").get("a red circle") is None  # other encoder
+    assert cache.get("a blue circle") is None
+    [path] = list(tmp_path.rglob("*.safetensors"))
+    path.write_bytes(b"not a safetensors file")  # damaged entry: a miss, not an error
+    assert cache.get("a red circle") is None
+
+
+def test_embedding_disk_cache_that_cannot_be_written_is_skipped(tmp_path):
+    from pictor.text.encoders import EmbeddingDiskCache
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the cache folder would go
+    cache = EmbeddingDiskCache(blocker, "encoder-a")
+    cache.put("a red circle", torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=torch.bool))
+    assert cache.get("a red circle") is None
+
+
+def test_frozen_encoder_identity_follows_the_folder_and_max_length(tmp_path):
+    from pictor.text.encoders import TRAINABLE_SPEC, frozen_encoder_identity
+
+    (tmp_path / "model.safetensors").write_bytes(b"1234")
+    a = frozen_encoder_identity(str(tmp_path), 16)
+    assert a != frozen_encoder_identity(str(tmp_path), 32)
+    (tmp_path / "model.safetensors").write_bytes(b"12345")  # new weights
+    assert frozen_encoder_identity(str(tmp_path), 16) != a
+    assert frozen_encoder_identity(TRAINABLE_SPEC, 16) is None
