@@ -24,6 +24,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,6 @@ class Pipeline:
         # sees unboundedly many distinct prompts).
         self._embeddings: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.prompt_cache_size = PROMPT_CACHE_SIZE
-        self._disk_cache: EmbeddingDiskCache | None | bool = False  # False: not looked up yet
 
     # ------------------------------------------------------------------ text
     @property
@@ -215,7 +215,7 @@ class Pipeline:
         if prompt in cache:
             cache.move_to_end(prompt)
         else:
-            disk = self._embedding_disk_cache()
+            disk = self._embedding_disk_cache
             hit = disk.get(prompt) if disk is not None else None
             if hit is None:
                 emb, mask = self.text_encoder.encode([prompt])
@@ -228,15 +228,17 @@ class Pipeline:
                 cache.popitem(last=False)
         return cache[prompt]
 
+    @cached_property
     def _embedding_disk_cache(self) -> EmbeddingDiskCache | None:
         """The persistent embedding cache of a frozen text encoder (None: trainable encoder, or
-        PICTOR_CACHE_DIR=none)."""
-        if self._disk_cache is False:
-            root = default_cache_dir()
-            t = self.config.text
-            identity = frozen_encoder_identity(t.spec, t.max_length) if root else None
-            self._disk_cache = EmbeddingDiskCache(root, identity) if identity else None
-        return self._disk_cache  # type: ignore[return-value]
+        PICTOR_CACHE_DIR=none). Keyed by device type too: an embedding computed on a GPU must
+        not stand in for the CPU's (pixels are bit-exact per device)."""
+        root = default_cache_dir()
+        t = self.config.text
+        identity = frozen_encoder_identity(t.spec, t.max_length) if root else None
+        if root is None or identity is None:
+            return None
+        return EmbeddingDiskCache(root, f"{identity}|device={self.device.type}")
 
     def conditions(self, prompt: str, negative_prompt: str = "") -> tuple[dict, dict]:
         """cond and uncond dicts (batch 1) trimmed to the longest real token run of the two."""

@@ -203,9 +203,8 @@ def frozen_encoder_identity(spec: str, max_length: int) -> str | None:
     folder = minilm_path() if spec == "minilm" else Path(spec).expanduser()
     if not folder.is_dir():
         return None
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    stats = ";".join(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                     for p in files)
+    stats = ";".join(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}"
+                     for p in sorted(folder.rglob("*")) if p.is_file() and (st := p.stat()))
     return f"{folder.resolve()}|max_length={max_length}|{stats}"
 
 
