@@ -236,7 +236,7 @@ def render(data: dict[str, Any]) -> str:
             f"{settings['source_size']} (+ .txt captions) -> {settings['target_size']} x "
             f"{settings['target_size']} PNG records in Parquet shards ({settings['resize']}), "
             f"{env['cpu']} x {env['cpu_count']}. Median of "
-            f"{len(ips)} interleaved runs; 1-min load average {load['min']:.1f}-{load['max']:.1f} "
+            f"{settings['runs']} interleaved runs; 1-min load average {load['min']:.1f}-{load['max']:.1f} "
             f"(median {load['median']:.1f}) while it ran, on a shared machine: compare ratios, "
             f"not absolute numbers.{spark_note} The engines decode JPEGs in draft mode (DCT "
             f"scaling to no less than twice the target size) and the plain loop does not: that is "

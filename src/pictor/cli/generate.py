@@ -6,8 +6,9 @@ provenance record written into every PNG and read back.
     pictor inspect IMAGE                      # the record as JSON (+ the XMP source type)
     pictor reproduce IMAGE [--model DIR] [-o FILE]   # exit 0: identical pixels, 1: not
 
-The model folder defaults to $PICTOR_MODEL, else the repository's models/<DEFAULT_MODEL_NAME>. Errors in
-the user's input (unknown sampler, missing model folder, image without a record) exit with 2.
+The model folder defaults to $PICTOR_MODEL, else the repository's models/<DEFAULT_MODEL_NAME>.
+Errors in the user's input (unknown sampler, missing model folder, image without a record) exit
+with 2.
 """
 
 from __future__ import annotations
