@@ -17,6 +17,8 @@ Tolerances (honest basis):
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -107,3 +109,49 @@ def test_ddim_and_euler_equal_the_closed_form_euler_flow(gaussian_denoiser, x_T,
         expected = MU + factor * (x_T / grid.ab[0].sqrt() - MU)
         x = _run(name, denoiser, x_T, num_steps)
         assert (x - expected).abs().max().item() < 1e-9, name
+
+
+def _euler_std_factor(sigmas: list[float], s: float) -> float:
+    """Product over the steps of the Euler map's factor divided by the exact flow's factor."""
+    factor = 1.0
+    for a, b in zip(sigmas[:-1], sigmas[1:], strict=True):
+        factor *= (s**2 + a * b) / ((s**2 + a**2) * (s**2 + b**2)) ** 0.5
+    return factor
+
+
+@pytest.mark.parametrize("s", [0.5, 1.0, 2.0])
+def test_first_order_samplers_cannot_reach_two_percent_in_50_steps(s):
+    """Why the 50-step std criterion is out of reach for DDIM and Euler on ANY timestep grid.
+
+    With theta = atan(sigma / S), one first-order step sigma -> sigma' shrinks the spread relative
+    to the exact flow by (S^2 + sigma sigma') / sqrt((S^2 + sigma^2)(S^2 + sigma'^2))
+    = cos(theta - theta'). Over N steps from theta_0 to 0 the angles sum to theta_0, and by the
+    concavity of log cos the product of cosines is largest for equal angles: cos(theta_0 / N)^N.
+    For sigma_max >> S (every schedule: theta_0 -> pi/2) that is cos(pi / 100)^50 = 0.9756 at
+    N = 50, i.e. the samples are at least 2.4% narrow; N >= 62 is needed for 2%.
+    """
+    for sigma, sigma_next in ((3.0, 1.0), (0.7, 0.2), (10.0, 0.0)):
+        theta, theta_next = math.atan(sigma / s), math.atan(sigma_next / s)
+        assert _euler_std_factor([sigma, sigma_next], s) == pytest.approx(
+            math.cos(theta - theta_next), abs=1e-12)
+
+    sigma_max = 1e4  # sqrt((1 - ab_T) / ab_T) is 158 for the linear schedule, more for cosine
+    theta_0 = math.atan(sigma_max / s)
+    equal_angles = [s * math.tan(theta_0 * (1 - i / 50)) for i in range(50)] + [0.0]
+    best = _euler_std_factor(equal_angles, s)
+    assert best == pytest.approx(math.cos(theta_0 / 50) ** 50, abs=1e-9)
+    assert best < 0.98
+    # no other grid does better: perturbed and the samplers' own grids are all narrower still
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        angles = torch.rand(50, generator=gen, dtype=torch.float64) + 0.5
+        cuts = (theta_0 * (1 - angles.cumsum(0) / angles.sum())).tolist()
+        grid = [sigma_max] + [s * math.tan(c) for c in cuts[:-1]] + [0.0]
+        assert _euler_std_factor(grid, s) <= best + 1e-12
+    for kind in ("cosine", "linear"):
+        schedule = _schedule(kind)
+        for spacing in ("trailing", "linspace", "leading"):
+            ab = timestep_grid(schedule, 50, spacing).ab
+            sigmas = ((1 - ab) / ab).sqrt().tolist() + [0.0]
+            assert _euler_std_factor(sigmas, s) <= math.cos(math.atan(sigmas[0] / s) / 50) ** 50
+    assert math.cos(math.pi / 2 / 61) ** 61 < 0.98 <= math.cos(math.pi / 2 / 62) ** 62
