@@ -162,3 +162,30 @@ def test_samplers_take_guidance(setup):
             generator=torch.Generator().manual_seed(0),
         )
         assert bool(torch.isfinite(guided).all()) and not torch.allclose(guided, plain), name
+
+
+def test_guidance_interval_guides_only_inside_and_skips_the_uncond_pass(setup):
+    model, denoiser, x, _ = setup
+    uncond = _cond(-1.0, batch_size=1)
+    cond = _cond(0.5)
+    t_lo, t_hi = torch.full((2,), 100.0), torch.full((2,), 900.0)
+    ab = SCHEDULE.alpha_bar_at(torch.tensor([100.0, 900.0], dtype=torch.float64))
+    sigma_lo, sigma_hi = ((1 - ab) / ab).sqrt().tolist()  # sigma at t = 100 and at t = 900
+    full = guided_model(denoiser, CFG(scale=4.0, uncond=uncond))
+    cond_only = guided_model(denoiser, CFG(scale=1.0, uncond=uncond))
+    # an interval that holds t = 900 but not t = 100
+    limited = guided_model(denoiser, CFG(scale=4.0, uncond=uncond,
+                                         interval=(sigma_lo * 1.5, sigma_hi * 2)))
+    model.batch_sizes.clear()
+    assert torch.equal(limited.model(x, t_hi, cond), full.model(x, t_hi, cond))
+    assert model.batch_sizes == [4, 4]  # inside: one batched pass of cond + uncond
+    model.batch_sizes.clear()
+    out = limited.model(x, t_lo, cond)
+    assert model.batch_sizes == [2]  # outside: the conditional half only
+    assert torch.equal(out, cond_only.model(x, t_lo, cond))
+    assert not torch.equal(out, full.model(x, t_lo, cond))
+    # (0, inf) is the same as no interval
+    every = guided_model(denoiser, CFG(scale=4.0, uncond=uncond, interval=(0.0, float("inf"))))
+    assert torch.equal(every.model(x, t_lo, cond), full.model(x, t_lo, cond))
+    with pytest.raises(ValueError, match="sigma_lo"):
+        CFG(interval=(2.0, 1.0))
