@@ -59,11 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export-model", help="Make a model folder (to ship or serve) from a finished run.",
         description="Copy RUN/final plus the training log, loss curve and last validation grid "
-                    "into OUT; optionally store the weights in float16.")
+                    "into OUT; optionally store the weights in float16. --checkpoint exports a "
+                    "checkpoint instead (also of a run still training).")
     p.add_argument("run", type=Path, help="run folder of `pictor train` (holds final/)")
     p.add_argument("out", type=Path, help="model folder to write, e.g. models/my-model")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="storage dtype of the weights (default float32)")
+    p.add_argument("--checkpoint", metavar="STEP", default=None,
+                   help="export RUN/checkpoints/step_STEP (its EMA weights), 'latest', or a "
+                        "checkpoint folder, instead of RUN/final")
     p.set_defaults(func=run_export_model)
 
 
@@ -71,7 +75,7 @@ def run_export_model(args: argparse.Namespace) -> int:
     from pictor.training.export import export_model
 
     try:
-        out = export_model(args.run, args.out, dtype=args.dtype)
+        out = export_model(args.run, args.out, dtype=args.dtype, checkpoint=args.checkpoint)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
