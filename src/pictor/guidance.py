@@ -39,11 +39,13 @@ class CFG:
     uncond: Any = None  # conditioning of the empty or negative prompt
     rescale: float = 0.0  # phi in [0, 1] of Lin et al. 2024 (0.7 suggested)
     dynamic_threshold: float | None = None  # Imagen percentile p in (0, 1], e.g. 0.995; None = off
-    interval: tuple[float, float] | None = None  # (sigma_lo, sigma_hi); None = guide every step
+    # (sigma_lo, sigma_hi), sigma_hi None = no upper bound; None = guide every step
+    interval: tuple[float, float | None] | None = None
 
     def __post_init__(self) -> None:
         if self.interval is not None:
-            lo, hi = (float(v) for v in self.interval)
+            lo, hi = float(self.interval[0]), self.interval[1]
+            hi = float("inf") if hi is None else float(hi)
             if not 0.0 <= lo <= hi:
                 raise ValueError(f"interval must be (sigma_lo, sigma_hi) with 0 <= sigma_lo <= "
                                  f"sigma_hi, got {self.interval}")

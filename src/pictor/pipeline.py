@@ -56,6 +56,12 @@ AUTOENCODER_FILE = "autoencoder.safetensors"
 DEFAULT_GUIDANCE_SCALE = 4.0  # the guidance scale of the shapes validation grids
 DEFAULT_NUM_STEPS = 20
 DEFAULT_SAMPLER = "dpm++2m"
+# Guidance interval (Kynkaenniemi et al. 2024; pictor.guidance): guide while the noise level
+# sigma = sqrt((1 - ab) / ab) is >= 1, where layout, colours and shapes are decided; below it the
+# conditional prediction alone (one U-Net pass instead of two). Tuned on validation-shapes: the
+# same scores as guiding every step, ~20% less time (README of the shipped model). Records
+# without the key (older images) were guided at every step: None.
+DEFAULT_GUIDANCE_INTERVAL: tuple[float, float | None] | None = (1.0, None)
 # Samplers that draw noise at every step: run image by image so each uses only its generator.
 STOCHASTIC_SAMPLERS = {"ddpm"}
 # Prompts whose embeddings a pipeline keeps (least recently used evicted first).
@@ -77,6 +83,15 @@ class TrajectoryStep:
     t: float  # the training timestep the network saw
     x_t: Image.Image  # the noisy sample the network saw, decoded
     x0_pred: Image.Image  # the network's estimate of the clean image at this step, decoded
+
+
+def guidance_interval_value(interval: Sequence[float | None] | None
+                            ) -> list[float | None] | None:
+    """The JSON form of a guidance interval for provenance records: [lo, hi or None] or None."""
+    if interval is None:
+        return None
+    lo, hi = interval
+    return [float(lo), None if hi is None or hi == float("inf") else float(hi)]
 
 
 def canonical_sampler_name(name: str) -> str:
@@ -278,13 +293,16 @@ class Pipeline:
 
     def sample_latents(self, prompt: str, seeds: Sequence[int], *, num_steps: int,
                        sampler: str, guidance_scale: float, negative_prompt: str = "",
+                       guidance_interval: Sequence[float | None] | None
+                       = DEFAULT_GUIDANCE_INTERVAL,
                        callback: Callback | None = None, **sampler_options: Any) -> torch.Tensor:
         """z_0 (n, C, h, w) for one prompt and n seeds (the reproducibility contract above)."""
         sample = get_sampler(sampler)
         cond, uncond = self.conditions(prompt, negative_prompt)
         # Empty prompt without a negative one: the unconditional model, no guidance needed.
         guidance = None if (prompt == "" and negative_prompt == "") else CFG(
-            scale=float(guidance_scale), uncond=uncond)
+            scale=float(guidance_scale), uncond=uncond,
+            interval=None if guidance_interval is None else tuple(guidance_interval))
         denoiser = self.denoiser()
         x_T, gens = self.initial_noise(seeds)
         stochastic = canonical_sampler_name(sampler) in STOCHASTIC_SAMPLERS or (
@@ -306,21 +324,27 @@ class Pipeline:
     def generate(self, prompt: str, *, num_images: int = 1, seed: int = 0,
                  num_steps: int = DEFAULT_NUM_STEPS, sampler: str = DEFAULT_SAMPLER,
                  guidance_scale: float = DEFAULT_GUIDANCE_SCALE, negative_prompt: str = "",
+                 guidance_interval: Sequence[float | None] | None = DEFAULT_GUIDANCE_INTERVAL,
                  callback: Callback | None = None) -> list[GeneratedImage]:
-        """num_images RGB images for `prompt`, image i from seed + i, each with its record."""
+        """num_images RGB images for `prompt`, image i from seed + i, each with its record.
+
+        guidance_interval: (sigma_lo, sigma_hi or None) where guidance applies, None = every
+        step (recorded in the record's extra["guidance_interval"])."""
         self.check_args(num_images, seed, num_steps, guidance_scale)
         name = canonical_sampler_name(sampler)
         seeds = [int(seed) + i for i in range(int(num_images))]
+        interval = guidance_interval_value(guidance_interval)
         z = self.sample_latents(prompt, seeds, num_steps=int(num_steps), sampler=name,
                                 guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-                                callback=callback)
+                                guidance_interval=interval, callback=callback)
         out = []
         for s, image in zip(seeds, self.decode(z), strict=True):
             record = ProvenanceRecord(
                 prompt=prompt, seed=s, sampler=name, num_steps=int(num_steps),
                 guidance_scale=float(guidance_scale), model_name=self.model_name,
                 model_sha256=self.model_sha256, negative_prompt=negative_prompt,
-                width=image.width, height=image.height)
+                width=image.width, height=image.height,
+                extra={"guidance_interval": interval})
             out.append(GeneratedImage(image=image, record=record))
         return out
 
@@ -380,5 +404,6 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu") -> 
     return Pipeline(model_dir, config, unet, codec, sha, device)
 
 
-__all__ = ["DEFAULT_GUIDANCE_SCALE", "GeneratedImage", "Pipeline", "SAMPLERS", "TrajectoryStep",
-           "load_pipeline", "model_digest"]
+__all__ = ["DEFAULT_GUIDANCE_INTERVAL", "DEFAULT_GUIDANCE_SCALE", "GeneratedImage", "Pipeline",
+           "SAMPLERS", "TrajectoryStep", "guidance_interval_value", "load_pipeline",
+           "model_digest"]

@@ -60,6 +60,26 @@ def test_reproduce_matches_and_detects_changes(model_dir, tmp_path, capsys):
     assert "mismatch" in capsys.readouterr().out
 
 
+def test_reproduce_follows_the_recorded_guidance_interval(model_dir, tmp_path, capsys):
+    [every] = generate(model_dir, tmp_path, capsys, "-n", "1", "--guidance-interval", "all")
+    [wide] = generate(model_dir, tmp_path, capsys, "-n", "1", "--guidance-interval", "0.5,80")
+    assert read_provenance(every).extra["guidance_interval"] is None
+    assert read_provenance(wide).extra["guidance_interval"] == [0.5, 80.0]
+    for path in (every, wide):
+        assert main(["reproduce", str(path), "--model", str(model_dir)]) == 0, path
+        assert "match" in capsys.readouterr().out
+    # a record from before the interval existed has no key: it was guided at every step
+    record = read_provenance(every)
+    record.extra.pop("guidance_interval")
+    old = save_png(Image.open(every).convert("RGB"), tmp_path / "old.png", record)
+    assert main(["reproduce", str(old), "--model", str(model_dir)]) == 0
+    assert "match" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", PROMPT, "--model", str(model_dir), "--guidance-interval", "3,1"])
+    assert exit_info.value.code == 2
+    assert "LO,HI" in capsys.readouterr().err
+
+
 def test_same_pixels_in_another_process(model_dir, tmp_path, capsys):
     [here] = generate(model_dir, tmp_path / "here", capsys, "-n", "1", "--seed", "4",
                       "--sampler", "euler")

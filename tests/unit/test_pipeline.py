@@ -72,6 +72,26 @@ def test_records_name_the_seed_sampler_and_model(pipe, model_dir):
     assert (r0.width, r0.height) == out[0].image.size and out[0].image.mode == "RGB"
 
 
+def test_guidance_interval_is_recorded_and_changes_only_the_unguided_steps(pipe):
+    from pictor.pipeline import DEFAULT_GUIDANCE_INTERVAL
+
+    [default] = pipe.generate(PROMPT, num_images=1, seed=2, num_steps=8)
+    assert default.record.extra["guidance_interval"] == [DEFAULT_GUIDANCE_INTERVAL[0], None]
+    [every] = pipe.generate(PROMPT, num_images=1, seed=2, num_steps=8, guidance_interval=None)
+    assert every.record.extra["guidance_interval"] is None
+    # an interval holding every step's sigma is the same as no interval
+    [wide] = pipe.generate(PROMPT, num_images=1, seed=2, num_steps=8,
+                           guidance_interval=(0.0, None))
+    assert np.array_equal(np.asarray(wide.image), np.asarray(every.image))
+    # and one holding none of them is guidance scale 1 (the conditional prediction)
+    [none] = pipe.generate(PROMPT, num_images=1, seed=2, num_steps=8,
+                           guidance_interval=(1e9, None))
+    [scale1] = pipe.generate(PROMPT, num_images=1, seed=2, num_steps=8, guidance_scale=1.0,
+                             guidance_interval=None)
+    assert np.array_equal(np.asarray(none.image), np.asarray(scale1.image))
+    assert not np.array_equal(np.asarray(none.image), np.asarray(every.image))
+
+
 def test_empty_prompt_is_the_unconditional_model(pipe):
     # guidance scale 0 uses only the "" branch, so it must equal the unguided "" sample
     uncond = pixels(pipe.generate("", num_images=2, seed=1, num_steps=6))

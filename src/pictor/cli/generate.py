@@ -63,6 +63,29 @@ def load_for_sampling(args: argparse.Namespace):
     return pipe, guidance
 
 
+def parse_guidance_interval(text: str) -> tuple[float, float | None] | str:
+    """--guidance-interval: "all" (guide every step), "LO" (sigma >= LO) or "LO,HI"."""
+    if text.strip().lower() in ("all", "none", "off"):
+        return "all"
+    try:
+        parts = [float(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or parts[0] < 0 or (len(parts) == 2 and parts[1] < parts[0]):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give LO or LO,HI (noise levels sigma, 0 <= LO <= HI) or 'all'")
+    return (parts[0], parts[1] if len(parts) == 2 else None)
+
+
+def _interval(parsed: tuple[float, float | None] | str | None):
+    """The pipeline's guidance_interval for a parsed --guidance-interval (None: its default)."""
+    from pictor.pipeline import DEFAULT_GUIDANCE_INTERVAL
+
+    if parsed is None:
+        return DEFAULT_GUIDANCE_INTERVAL
+    return None if parsed == "all" else parsed
+
+
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -96,6 +119,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default 4)")
     p.add_argument("--negative", default="", help="negative prompt (default none)")
+    p.add_argument("--guidance-interval", type=parse_guidance_interval, default=None,
+                   metavar="LO[,HI]",
+                   help="guide only while the noise level sigma is in [LO, HI] (no HI: no upper "
+                        "bound), the conditional prediction alone elsewhere, which is faster; "
+                        "'all' guides every step (default 1, i.e. sigma >= 1)")
     add_model_argument(p)
     p.add_argument("-o", "--output-dir", type=Path, default=Path("outputs"),
                    help="folder for the PNGs (default outputs/)")
@@ -121,7 +149,8 @@ def run_generate(args: argparse.Namespace) -> int:
         pipe, guidance = load_for_sampling(args)
         images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed,
                                num_steps=args.steps, sampler=args.sampler,
-                               guidance_scale=guidance, negative_prompt=args.negative)
+                               guidance_scale=guidance, negative_prompt=args.negative,
+                               guidance_interval=_interval(args.guidance_interval))
     except ValueError as err:
         return _error(str(err))
     for g in images:
@@ -170,7 +199,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
         [g] = pipe.generate(record.prompt, num_images=1, seed=record.seed,
                             num_steps=record.num_steps, sampler=record.sampler,
                             guidance_scale=record.guidance_scale,
-                            negative_prompt=record.negative_prompt)
+                            negative_prompt=record.negative_prompt,
+                            # absent in records made before the interval existed: every step
+                            guidance_interval=record.extra.get("guidance_interval"))
     except ValueError as err:
         return _error(str(err))
     if args.output is not None:

@@ -42,6 +42,7 @@ import torch
 from pictor.diffusion.denoiser import Denoiser
 from pictor.guidance import CFG
 from pictor.pipeline import (
+    DEFAULT_GUIDANCE_INTERVAL,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_STEPS,
     DEFAULT_SAMPLER,
@@ -49,6 +50,7 @@ from pictor.pipeline import (
     GeneratedImage,
     Pipeline,
     canonical_sampler_name,
+    guidance_interval_value,
 )
 from pictor.provenance import ProvenanceRecord
 from pictor.samplers import get_sampler
@@ -169,7 +171,8 @@ def sample_batch(pipe: Pipeline, requests: Sequence[GenerationRequest], *, exact
 
     cond = _concat([c for c, _ in conds], sizes)  # (B, L, D), (B, L)
     uncond = _concat([u for _, u in conds], sizes)
-    guidance = CFG(scale=float(head.guidance_scale), uncond=uncond) if head.guided else None
+    guidance = (CFG(scale=float(head.guidance_scale), uncond=uncond,
+                    interval=DEFAULT_GUIDANCE_INTERVAL) if head.guided else None)
     denoiser = _exact_denoiser(pipe, sizes, active) if exact else pipe.denoiser()
     x_T, gens = pipe.initial_noise([s for r in requests for s in r.seeds])  # (B, C, h, w)
     bounds = torch.cumsum(torch.tensor([0, *sizes]), 0).tolist()
@@ -191,7 +194,8 @@ def _sample_image_by_image(pipe, requests, conds, sample, on_step, active) -> li
     out: list[list[torch.Tensor]] = [[] for _ in requests]
     progress = [0.0] * len(requests)
     for r, (request, (cond, uncond)) in enumerate(zip(requests, conds, strict=True)):
-        guidance = (CFG(scale=float(request.guidance_scale), uncond=uncond) if request.guided
+        guidance = (CFG(scale=float(request.guidance_scale), uncond=uncond,
+                        interval=DEFAULT_GUIDANCE_INTERVAL) if request.guided
                     else None)
         x_T, gens = pipe.initial_noise(request.seeds)
         for i in range(request.num_images):
@@ -219,7 +223,8 @@ def provenance_record(pipe: Pipeline, request: GenerationRequest, seed: int, wid
         num_steps=int(request.num_steps), guidance_scale=float(request.guidance_scale),
         model_name=pipe.model_name, model_sha256=pipe.model_sha256,
         negative_prompt=request.negative_prompt, width=width, height=height,
-        extra=dict(extra or {}))
+        extra={"guidance_interval": guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
+               **(extra or {})})
 
 
 def decode_request(pipe: Pipeline, request: GenerationRequest, z: torch.Tensor
