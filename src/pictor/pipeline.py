@@ -62,6 +62,11 @@ DEFAULT_SAMPLER = "dpm++2m"
 # same scores as guiding every step, ~20% less time (README of the shipped model). Records
 # without the key (older images) were guided at every step: None.
 DEFAULT_GUIDANCE_INTERVAL: tuple[float, float | None] | None = (1.0, None)
+# The U-Net's compute dtype. bfloat16 runs the network in bf16 (the sampler's arithmetic stays
+# float32): faster on CPUs with AVX512-BF16 or AMX, slow where it is emulated. Records name it
+# and `pictor reproduce` follows; records without it were float32.
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEFAULT_COMPUTE_DTYPE = "float32"
 # Samplers that draw noise at every step: run image by image so each uses only its generator.
 STOCHASTIC_SAMPLERS = {"ddpm"}
 # Prompts whose embeddings a pipeline keeps (least recently used evicted first).
@@ -204,6 +209,22 @@ class Pipeline:
         # sees unboundedly many distinct prompts).
         self._embeddings: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.prompt_cache_size = PROMPT_CACHE_SIZE
+        self.compute_dtype = "float32"
+
+    def set_compute_dtype(self, name: str) -> None:
+        """Run the U-Net in `name` (a key of COMPUTE_DTYPES); ValueError for anything else."""
+        if name not in COMPUTE_DTYPES:
+            raise ValueError(f"compute dtype {name!r}: choose one of {', '.join(COMPUTE_DTYPES)}")
+        self.unet.to(COMPUTE_DTYPES[name])
+        self.compute_dtype = name
+
+    def run_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+        """The U-Net's prediction (x's shape and dtype), computed in the compute dtype."""
+        dtype = COMPUTE_DTYPES[self.compute_dtype]
+        if dtype == x.dtype:
+            return self.unet(x, t, context, mask)
+        return self.unet(x.to(dtype), t, context.to(dtype), mask).to(x.dtype)
 
     # ------------------------------------------------------------------ text
     @property
@@ -265,10 +286,10 @@ class Pipeline:
     # ------------------------------------------------------------------ sampling
     def denoiser(self) -> Denoiser:
         """The U-Net as a `pictor.diffusion.denoiser.Denoiser` over {"context", "mask"} conds."""
-        unet = self.unet
+        run_unet = self.run_unet
 
         def model(x, t, c):  # x (B, C, h, w), t (B,), c: {"context": (B, L, D), "mask": (B, L)}
-            return unet(x, t, c["context"], c["mask"])
+            return run_unet(x, t, c["context"], c["mask"])
 
         return Denoiser(model=model, schedule=self.schedule, prediction_type=self.prediction_type)
 
@@ -344,7 +365,7 @@ class Pipeline:
                 guidance_scale=float(guidance_scale), model_name=self.model_name,
                 model_sha256=self.model_sha256, negative_prompt=negative_prompt,
                 width=image.width, height=image.height,
-                extra={"guidance_interval": interval})
+                extra={"guidance_interval": interval, "compute_dtype": self.compute_dtype})
             out.append(GeneratedImage(image=image, record=record))
         return out
 
@@ -391,8 +412,12 @@ class Pipeline:
         return self.decode(x_t)
 
 
-def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu", *,
+                  compute_dtype: str = DEFAULT_COMPUTE_DTYPE) -> Pipeline:
     """Load a model folder (see the module docstring); ValueError naming any missing path."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {compute_dtype!r}: choose one of "
+                         f"{', '.join(COMPUTE_DTYPES)}")
     model_dir, config, ae_path = _resolve_model_files(model_dir)
     device = torch.device(device)
     unet = load_module(UNet, UNetConfig, model_dir / UNET_FILE, map_location=device)
@@ -401,9 +426,12 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu") -> 
     codec = build_codec(ls.kind, pixel_unshuffle_factor=ls.pixel_unshuffle_factor,
                         autoencoder_path=ae_path, device=device)
     sha = _digest(_weight_files(model_dir, config, ae_path))
-    return Pipeline(model_dir, config, unet, codec, sha, device)
+    pipe = Pipeline(model_dir, config, unet, codec, sha, device)
+    pipe.set_compute_dtype(compute_dtype)
+    return pipe
 
 
-__all__ = ["DEFAULT_GUIDANCE_INTERVAL", "DEFAULT_GUIDANCE_SCALE", "GeneratedImage", "Pipeline",
+__all__ = ["COMPUTE_DTYPES", "DEFAULT_COMPUTE_DTYPE", "DEFAULT_GUIDANCE_INTERVAL",
+           "DEFAULT_GUIDANCE_SCALE", "GeneratedImage", "Pipeline",
            "SAMPLERS", "TrajectoryStep", "guidance_interval_value", "load_pipeline",
            "model_digest"]

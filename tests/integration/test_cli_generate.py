@@ -60,7 +60,7 @@ def test_reproduce_matches_and_detects_changes(model_dir, tmp_path, capsys):
     assert "mismatch" in capsys.readouterr().out
 
 
-def test_reproduce_follows_the_recorded_guidance_interval(model_dir, tmp_path, capsys):
+def test_reproduce_follows_the_recorded_guidance_interval_and_dtype(model_dir, tmp_path, capsys):
     [every] = generate(model_dir, tmp_path, capsys, "-n", "1", "--guidance-interval", "all")
     [wide] = generate(model_dir, tmp_path, capsys, "-n", "1", "--guidance-interval", "0.5,80")
     assert read_provenance(every).extra["guidance_interval"] is None
@@ -73,6 +73,10 @@ def test_reproduce_follows_the_recorded_guidance_interval(model_dir, tmp_path, c
     record.extra.pop("guidance_interval")
     old = save_png(Image.open(every).convert("RGB"), tmp_path / "old.png", record)
     assert main(["reproduce", str(old), "--model", str(model_dir)]) == 0
+    assert "match" in capsys.readouterr().out
+    [bf16] = generate(model_dir, tmp_path, capsys, "-n", "1", "--dtype", "bfloat16")
+    assert read_provenance(bf16).extra["compute_dtype"] == "bfloat16"
+    assert main(["reproduce", str(bf16), "--model", str(model_dir)]) == 0
     assert "match" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", PROMPT, "--model", str(model_dir), "--guidance-interval", "3,1"])

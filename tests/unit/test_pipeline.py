@@ -92,6 +92,22 @@ def test_guidance_interval_is_recorded_and_changes_only_the_unguided_steps(pipe)
     assert not np.array_equal(np.asarray(none.image), np.asarray(every.image))
 
 
+def test_bfloat16_compute_is_deterministic_and_recorded(model_dir, pipe):
+    bf16 = load_pipeline(model_dir, compute_dtype="bfloat16")
+    assert next(bf16.unet.parameters()).dtype == torch.bfloat16
+    a = bf16.generate(PROMPT, num_images=2, seed=4, num_steps=6)
+    b = bf16.generate(PROMPT, num_images=2, seed=4, num_steps=6)
+    assert all(np.array_equal(x, y) for x, y in zip(pixels(a), pixels(b), strict=True))
+    assert a[0].record.extra["compute_dtype"] == "bfloat16"
+    [f32] = pipe.generate(PROMPT, num_images=1, seed=4, num_steps=6)
+    assert f32.record.extra["compute_dtype"] == "float32"
+    # the same picture up to bf16 rounding of the network
+    diff = np.abs(pixels(a)[0].astype(int) - np.asarray(f32.image).astype(int))
+    assert diff.mean() < 8
+    with pytest.raises(ValueError, match="float16"):
+        load_pipeline(model_dir, compute_dtype="float16")
+
+
 def test_empty_prompt_is_the_unconditional_model(pipe):
     # guidance scale 0 uses only the "" branch, so it must equal the unguided "" sample
     uncond = pixels(pipe.generate("", num_images=2, seed=1, num_steps=6))

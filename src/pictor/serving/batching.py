@@ -128,13 +128,13 @@ def _exact_denoiser(pipe: Pipeline, sizes: Sequence[int],
     """The pipeline's denoiser, but the network runs once per request on that request's rows
     (the solo shapes); rows of cancelled requests are skipped (zeros: their results are
     discarded)."""
-    unet = pipe.unet
+    run_unet = pipe.run_unet
 
     def model(x, t, c):  # x (M, C, h, w), t (M,), c: {"context": (M, L, D), "mask": (M, L)}
         out = torch.zeros_like(x)
         for r, rows in enumerate(_row_groups(sizes, x.shape[0])):
             if is_active(r):
-                out[rows] = unet(x[rows], t[rows], c["context"][rows], c["mask"][rows])
+                out[rows] = run_unet(x[rows], t[rows], c["context"][rows], c["mask"][rows])
         return out
 
     return Denoiser(model=model, schedule=pipe.schedule, prediction_type=pipe.prediction_type)
@@ -224,7 +224,7 @@ def provenance_record(pipe: Pipeline, request: GenerationRequest, seed: int, wid
         model_name=pipe.model_name, model_sha256=pipe.model_sha256,
         negative_prompt=request.negative_prompt, width=width, height=height,
         extra={"guidance_interval": guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
-               **(extra or {})})
+               "compute_dtype": pipe.compute_dtype, **(extra or {})})
 
 
 def decode_request(pipe: Pipeline, request: GenerationRequest, z: torch.Tensor
