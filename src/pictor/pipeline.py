@@ -63,10 +63,33 @@ DEFAULT_SAMPLER = "dpm++2m"
 # without the key (older images) were guided at every step: None.
 DEFAULT_GUIDANCE_INTERVAL: tuple[float, float | None] | None = (1.0, None)
 # The U-Net's compute dtype. bfloat16 runs the network in bf16 (the sampler's arithmetic stays
-# float32): faster on CPUs with AVX512-BF16 or AMX, slow where it is emulated. Records name it
-# and `pictor reproduce` follows; records without it were float32.
+# float32): faster on CPUs with AVX512-BF16 or AMX and on recent GPUs, slow where it is emulated.
+# "auto" takes bfloat16 where the hardware has it natively, else float32. Records name the
+# dtype used and `pictor reproduce` follows; records without it were float32.
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-DEFAULT_COMPUTE_DTYPE = "float32"
+DEFAULT_COMPUTE_DTYPE = "auto"
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: stay with float32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_compute_dtype(name: str, device: torch.device) -> str:
+    """"auto" -> "bfloat16" where `device` computes bf16 natively, else "float32"; other names
+    are checked and returned. ValueError for an unknown name."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        return "bfloat16" if device.type == "cpu" and _cpu_has_native_bf16() else "float32"
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {name!r}: choose auto or one of "
+                         f"{', '.join(COMPUTE_DTYPES)}")
+    return name
 # Samplers that draw noise at every step: run image by image so each uses only its generator.
 STOCHASTIC_SAMPLERS = {"ddpm"}
 # Prompts whose embeddings a pipeline keeps (least recently used evicted first).
@@ -415,11 +438,9 @@ class Pipeline:
 def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu", *,
                   compute_dtype: str = DEFAULT_COMPUTE_DTYPE) -> Pipeline:
     """Load a model folder (see the module docstring); ValueError naming any missing path."""
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute dtype {compute_dtype!r}: choose one of "
-                         f"{', '.join(COMPUTE_DTYPES)}")
-    model_dir, config, ae_path = _resolve_model_files(model_dir)
     device = torch.device(device)
+    compute_dtype = resolve_compute_dtype(compute_dtype, device)
+    model_dir, config, ae_path = _resolve_model_files(model_dir)
     unet = load_module(UNet, UNetConfig, model_dir / UNET_FILE, map_location=device)
     unet = unet.to(device).eval().requires_grad_(False)
     ls = config.latent_space
@@ -434,4 +455,4 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu", *,
 __all__ = ["COMPUTE_DTYPES", "DEFAULT_COMPUTE_DTYPE", "DEFAULT_GUIDANCE_INTERVAL",
            "DEFAULT_GUIDANCE_SCALE", "GeneratedImage", "Pipeline",
            "SAMPLERS", "TrajectoryStep", "guidance_interval_value", "load_pipeline",
-           "model_digest"]
+           "model_digest", "resolve_compute_dtype"]

@@ -99,13 +99,24 @@ def test_bfloat16_compute_is_deterministic_and_recorded(model_dir, pipe):
     b = bf16.generate(PROMPT, num_images=2, seed=4, num_steps=6)
     assert all(np.array_equal(x, y) for x, y in zip(pixels(a), pixels(b), strict=True))
     assert a[0].record.extra["compute_dtype"] == "bfloat16"
-    [f32] = pipe.generate(PROMPT, num_images=1, seed=4, num_steps=6)
+    [f32] = load_pipeline(model_dir, compute_dtype="float32").generate(
+        PROMPT, num_images=1, seed=4, num_steps=6)
     assert f32.record.extra["compute_dtype"] == "float32"
     # the same picture up to bf16 rounding of the network
     diff = np.abs(pixels(a)[0].astype(int) - np.asarray(f32.image).astype(int))
     assert diff.mean() < 8
     with pytest.raises(ValueError, match="float16"):
         load_pipeline(model_dir, compute_dtype="float16")
+
+
+def test_auto_compute_dtype_is_bfloat16_only_where_the_cpu_has_it(model_dir, pipe):
+    from pictor.pipeline import _cpu_has_native_bf16, resolve_compute_dtype
+
+    cpu = torch.device("cpu")
+    native = _cpu_has_native_bf16()
+    assert resolve_compute_dtype("auto", cpu) == ("bfloat16" if native else "float32")
+    assert pipe.compute_dtype == resolve_compute_dtype("auto", cpu)  # the default
+    assert resolve_compute_dtype("float32", cpu) == "float32"
 
 
 def test_empty_prompt_is_the_unconditional_model(pipe):

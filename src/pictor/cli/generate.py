@@ -130,9 +130,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="guide only while the noise level sigma is in [LO, HI] (no HI: no upper "
                         "bound), the conditional prediction alone elsewhere, which is faster; "
                         "'all' guides every step (default 1, i.e. sigma >= 1)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="compute dtype of the U-Net (default float32); bfloat16 is faster on "
-                        "CPUs with AVX512-BF16 or AMX and on GPUs, and changes the pixels a little")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
+                   help="compute dtype of the U-Net (default auto: bfloat16 where the CPU or GPU "
+                        "has it natively, else float32); the record names the one used")
     add_model_argument(p)
     p.add_argument("-o", "--output-dir", type=Path, default=Path("outputs"),
                    help="folder for the PNGs (default outputs/)")
