@@ -103,8 +103,12 @@ def run_suite(
             continue
         outcomes = [r.passed for r in results if r.category == category]
         intervals[category] = wilson_interval(sum(outcomes), len(outcomes))
+    from pictor.pipeline import DEFAULT_GUIDANCE_INTERVAL, guidance_interval_value
+
     settings = {"images_per_prompt": images_per_prompt, "num_steps": num_steps,
-                "sampler": sampler, "guidance_scale": guidance_scale, "base_seed": base_seed}
+                "sampler": sampler, "guidance_scale": guidance_scale, "base_seed": base_seed,
+                "guidance_interval": guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
+                "compute_dtype": getattr(pipeline, "compute_dtype", "float32")}
     return SuiteReport(suite=suite, settings=settings, scores=scores, intervals=intervals,
                        seconds_per_image=elapsed / max(1, len(results)), results=results,
                        seeds=seeds)

@@ -251,7 +251,9 @@ class RunResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers of the run (without the per-image verdicts)."""
-        return {"settings": self.settings.to_dict(),
+        defaults = {k: self.report.settings[k] for k in ("guidance_interval", "compute_dtype")
+                    if k in self.report.settings}
+        return {"settings": self.settings.to_dict() | defaults,
                 "scores": self.report.scores,
                 "intervals_95": {**{k: list(v) for k, v in self.report.intervals.items()},
                                  "overall": list(self.overall_interval)},
