@@ -1,9 +1,10 @@
 """Generation latency of `pictor generate` against a diffusers pipeline of the same size.
 
-Measured on CPU with torch.set_num_threads (default 2), fp32, DPM-Solver++(2M), 20 steps,
+Measured on CPU with torch.set_num_threads (default 2), DPM-Solver++(2M), 20 steps,
 classifier-free guidance (cond and uncond batched in one forward pass), one prompt. Ours runs at
-its defaults (guidance interval sigma >= 1: the last steps skip the unconditional pass) and once
-more guided at every step, which is what the diffusers pipeline does:
+its defaults (compute dtype "auto": bfloat16 where the CPU has it; guidance interval sigma >= 1:
+the last steps skip the unconditional pass), guided at every step, and in float32 guided at every
+step, which is what the diffusers pipeline does (fp32):
 - in process: one image (median of --runs calls, after a warm-up call; text embeddings are
   cached per prompt, as in a server), and a batch of --batch-size images;
 - cold start: wall time of a whole `pictor generate PROMPT -n 1` process (imports, model and
@@ -180,18 +181,20 @@ def main() -> None:
 
     from pictor.pipeline import load_pipeline
 
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model)  # defaults: compute dtype "auto"
+    pipe32 = load_pipeline(args.model, compute_dtype="float32")
     ref = DiffusersSampler(pipe, args.steps, args.guidance, args.max_param_gap)
     n, steps = args.batch_size, args.steps
 
-    def ours(k: int, **options):
-        return lambda: pipe.generate(PROMPT, num_images=k, seed=0, num_steps=steps,
-                                     guidance_scale=args.guidance, **options)
+    def ours(k: int, pipeline=pipe, **options):
+        return lambda: pipeline.generate(PROMPT, num_images=k, seed=0, num_steps=steps,
+                                         guidance_scale=args.guidance, **options)
 
     env_before = environment()
     runs = {
         "ours_1": timed(ours(1), args.runs),
         "ours_1_every_step": timed(ours(1, guidance_interval=None), args.runs),
+        "ours_1_float32_every_step": timed(ours(1, pipe32, guidance_interval=None), args.runs),
         "diffusers_1": timed(lambda: ref(1), args.runs),
         "diffusers_unet_loop_1": timed(lambda: ref.denoise(1), args.runs),
         f"ours_{n}": timed(ours(n), args.batch_runs),
@@ -211,6 +214,9 @@ def main() -> None:
         "diffusers_seconds_per_image_batch": round(med[f"diffusers_{n}"] / n, 4),
         "speedup_single": round(med["diffusers_1"] / med["ours_1"], 2),
         "speedup_single_every_step": round(med["diffusers_1"] / med["ours_1_every_step"], 2),
+        "speedup_single_float32_every_step": round(
+            med["diffusers_1"] / med["ours_1_float32_every_step"], 2),
+        "compute_dtype": pipe.compute_dtype,
         "speedup_batch": round(med[f"diffusers_{n}"] / med[f"ours_{n}"], 2),
         "ours_num_params": num_params(pipe.unet),
         "diffusers_unet_num_params": num_params(ref.unet),
@@ -223,6 +229,10 @@ def main() -> None:
         ["ours, 1 image, guided at every step (no guidance interval)",
          f"{med['ours_1_every_step'] * 1e3:.0f}", f"{med['ours_1_every_step'] * 1e3:.0f}",
          f"{results['speedup_single_every_step']:.2f}x"],
+        ["ours, 1 image, float32, guided at every step (as diffusers runs)",
+         f"{med['ours_1_float32_every_step'] * 1e3:.0f}",
+         f"{med['ours_1_float32_every_step'] * 1e3:.0f}",
+         f"{results['speedup_single_float32_every_step']:.2f}x"],
         ["diffusers, 1 image", f"{med['diffusers_1'] * 1e3:.0f}",
          f"{med['diffusers_1'] * 1e3:.0f}", "-"],
         ["diffusers U-Net loop only, 1 image", f"{med['diffusers_unet_loop_1'] * 1e3:.0f}",
@@ -249,8 +259,9 @@ def main() -> None:
             "results": results}
     body = (
         f"One {h}x{w} image ({args.steps} DPM-Solver++(2M) steps, CFG {args.guidance} batched "
-        f"with the unconditional pass, fp32; ours at its defaults guides while sigma >= 1, "
-        f"diffusers at every step, so the every-step row is the like-for-like one) from "
+        f"with the unconditional pass; ours at its defaults runs the U-Net in "
+        f"{pipe.compute_dtype} and guides while sigma >= 1, diffusers in float32 at every step, "
+        f"so the float32 every-step row is the like-for-like one) from "
         f"`{args.model}` "
         f"({results['ours_num_params'] / 1e6:.2f}M U-Net parameters, diffusion on "
         f"{tuple(pipe.latent_shape)}), {args.threads} threads, {env_before['cpu']}, torch "
