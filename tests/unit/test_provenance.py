@@ -16,7 +16,7 @@ from pictor.provenance import (
 
 def _record(**kw):
     base = dict(prompt="a red circle & <b>", seed=7, sampler="dpm++2m", num_steps=20,
-                guidance_scale=5.0, model_name="shapes-v1", model_sha256="ab" * 32,
+                guidance_scale=5.0, model_name="shapes-v2", model_sha256="ab" * 32,
                 negative_prompt="a blue square")
     base.update(kw)
     return ProvenanceRecord(**base)
