@@ -59,8 +59,11 @@ def test_eval_writes_every_report_file(model_dir, random_model_dir, tmp_path, ca
     data = json.loads((out / "report.json").read_text())
     n_images = 2 * len(get_suite(SUITE))
     assert [len(m["images"]) for m in data["models"]] == [n_images, n_images]
-    assert data["models"][0]["settings"] == {"num_steps": 2, "sampler": "dpm++2m",
-                                             "guidance_scale": 4.0}
+    settings = data["models"][0]["settings"]
+    assert settings == {"num_steps": 2, "sampler": "dpm++2m", "guidance_scale": 4.0,
+                        "guidance_interval": [1.0, None],
+                        "compute_dtype": settings["compute_dtype"]}
+    assert settings["compute_dtype"] in ("float32", "bfloat16")
     main = data["models"][0]
     assert 0.0 <= main["scores"]["overall"] <= 1.0 and len(main["intervals_95"]) == 7
     assert main["distribution"]["num_images"] == n_images and main["diversity"] is not None
