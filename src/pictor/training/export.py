@@ -61,7 +61,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "floa
     """Copy run_dir/final (+ training evidence) to out_dir, weights in `dtype`. Returns out_dir.
 
     checkpoint: None (final/), "latest", a step number ("5000") or a checkpoint folder."""
-    from pictor.config import TrainConfig, load_config, save_config
+    from pictor.config import TrainConfig, load_config
     from pictor.networks.io import load_module, save_module
     from pictor.networks.unet import UNet, UNetConfig
     from pictor.text.encoders import (
@@ -73,39 +73,35 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "floa
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
+    encoder = None
     if checkpoint is not None:
-        unet, config, step = _unet_from_checkpoint(_checkpoint_path(run_dir, str(checkpoint)))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_module(unet, unet.config, out_dir / "unet.safetensors", dtype=_DTYPES[dtype])
-        save_config(config, out_dir / "config.yaml")
-        if config.latent_space.kind == "autoencoder":
-            shutil.copy2(config.latent_space.autoencoder_path, out_dir / "autoencoder.safetensors")
-        if (run_dir / "metrics.jsonl").is_file():
-            shutil.copy2(run_dir / "metrics.jsonl", out_dir / "metrics.jsonl")
-        grid = run_dir / "samples" / f"step_{step:09d}.png"
-        if grid.is_file():
-            shutil.copy2(grid, out_dir / f"validation_{grid.name}")
-        return out_dir
-    final = run_dir / "final"
-    if not (final / "unet.safetensors").is_file():
-        raise ValueError(f"{final / 'unet.safetensors'} not found: is {run_dir} a finished "
-                         "`pictor train` run folder? (--checkpoint exports a checkpoint of "
-                         "an unfinished run)")
+        source = _checkpoint_path(run_dir, str(checkpoint))
+        unet, config, step = _unet_from_checkpoint(source)
+        grid: Path | None = run_dir / "samples" / f"step_{step:09d}.png"
+    else:
+        source = run_dir / "final"
+        if not (source / "unet.safetensors").is_file():
+            raise ValueError(f"{source / 'unet.safetensors'} not found: is {run_dir} a finished "
+                             "`pictor train` run folder? (--checkpoint exports a checkpoint of "
+                             "an unfinished run)")
+        unet = load_module(UNet, UNetConfig, source / "unet.safetensors")
+        config = load_config(source / "config.yaml", TrainConfig, [])
+        if (source / TEXT_ENCODER_FILE).is_file():  # trained with the U-Net (text: trainable)
+            encoder = load_module(TrainableTextEncoder, TrainableTextEncoderConfig,
+                                  source / TEXT_ENCODER_FILE)
+        samples = run_dir / "samples"
+        grids = sorted(samples.glob("*.png")) if samples.is_dir() else []
+        grid = grids[-1] if grids else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    unet = load_module(UNet, UNetConfig, final / "unet.safetensors")
     save_module(unet, unet.config, out_dir / "unet.safetensors", dtype=_DTYPES[dtype])
-    shutil.copy2(final / "config.yaml", out_dir / "config.yaml")
-    config = load_config(final / "config.yaml", TrainConfig, [])
+    shutil.copy2(source / "config.yaml", out_dir / "config.yaml")
     if config.latent_space.kind == "autoencoder":
         shutil.copy2(config.latent_space.autoencoder_path, out_dir / "autoencoder.safetensors")
-    if (final / TEXT_ENCODER_FILE).is_file():  # trained with the U-Net (text.spec: trainable)
-        encoder = load_module(TrainableTextEncoder, TrainableTextEncoderConfig,
-                              final / TEXT_ENCODER_FILE)
+    if encoder is not None:
         save_module(encoder, encoder.config, out_dir / TEXT_ENCODER_FILE, dtype=_DTYPES[dtype])
     for name in ("metrics.jsonl", "loss_curve.png"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
-    grids = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
-    if grids:
-        shutil.copy2(grids[-1], out_dir / f"validation_{grids[-1].name}")
+    if grid is not None and grid.is_file():
+        shutil.copy2(grid, out_dir / f"validation_{grid.name}")
     return out_dir
