@@ -235,9 +235,8 @@ class Pipeline:
         self.compute_dtype = "float32"
 
     def set_compute_dtype(self, name: str) -> None:
-        """Run the U-Net in `name` (a key of COMPUTE_DTYPES); ValueError for anything else."""
-        if name not in COMPUTE_DTYPES:
-            raise ValueError(f"compute dtype {name!r}: choose one of {', '.join(COMPUTE_DTYPES)}")
+        """Run the U-Net in `name` ("auto" or a key of COMPUTE_DTYPES; resolve_compute_dtype)."""
+        name = resolve_compute_dtype(name, self.device)
         self.unet.to(COMPUTE_DTYPES[name])
         self.compute_dtype = name
 
@@ -439,7 +438,7 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu", *,
                   compute_dtype: str = DEFAULT_COMPUTE_DTYPE) -> Pipeline:
     """Load a model folder (see the module docstring); ValueError naming any missing path."""
     device = torch.device(device)
-    compute_dtype = resolve_compute_dtype(compute_dtype, device)
+    resolve_compute_dtype(compute_dtype, device)  # a bad name fails before any loading
     model_dir, config, ae_path = _resolve_model_files(model_dir)
     unet = load_module(UNet, UNetConfig, model_dir / UNET_FILE, map_location=device)
     unet = unet.to(device).eval().requires_grad_(False)
