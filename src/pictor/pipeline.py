@@ -24,7 +24,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEFAULT_COMPUTE_DTYPE = "auto"
 
 
+@lru_cache(maxsize=1)
 def _cpu_has_native_bf16() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
