@@ -258,6 +258,28 @@ class CrossAttention(nn.Module):
         return self.out(_merge_heads(h))
 
 
+def position_features(height: int, width: int, num_frequencies: int, *,
+                      device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """2-D Fourier features of the pixel centres: (H*W, 4 * num_frequencies), row-major.
+
+    Coordinates u (column) and v (row) run over (-1, 1) at the pixel centres, so the features
+    depend on where a pixel sits in the image, not on the resolution; frequency k is pi * 2^k
+    (k = 0 .. F-1), and each axis contributes sin and cos: [sin(pi 2^k u), cos(pi 2^k u),
+    sin(pi 2^k v), cos(pi 2^k v)] grouped by kind (the NeRF / Fourier-feature embedding of
+    Tancik et al. 2020 with octave frequencies).
+    """
+    if num_frequencies < 1:
+        raise ValueError(f"num_frequencies must be >= 1, got {num_frequencies}")
+    u = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
+    v = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 - 1
+    vv, uu = torch.meshgrid(v, u, indexing="ij")  # (H, W) each
+    freqs = math.pi * 2.0 ** torch.arange(num_frequencies, device=device, dtype=torch.float32)
+    au = uu.reshape(-1, 1) * freqs  # (N, F)
+    av = vv.reshape(-1, 1) * freqs
+    return torch.cat([au.sin(), au.cos(), av.sin(), av.cos()], dim=1).to(dtype)  # (N, 4F)
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block on the pixels of a feature map: self-attention, cross-attention
     to the text, GELU MLP, each as a residual branch (the block of Rombach et al. 2022, Sec. 3.3,
@@ -274,8 +296,18 @@ class TransformerBlock(nn.Module):
         *,
         mlp_ratio: float = 4.0,
         zero_init: bool = False,
+        position_frequencies: int = 0,
     ) -> None:
         super().__init__()
+        # Optional absolute position: a linear map of the pixels' 2-D Fourier features
+        # (position_features) added to the tokens before the attention, so that self-attention
+        # and the cross-attention queries know where in the image a pixel is. Convolutions with
+        # zero padding only learn this indirectly from the borders (Liu et al. 2018, CoordConv),
+        # and at high noise, where the layout is decided, the input carries no other cue.
+        # Zero-initialised (like the residual branches) so the block starts without it.
+        self.position_frequencies = position_frequencies
+        self.pos = (zero_(nn.Linear(4 * position_frequencies, channels))
+                    if position_frequencies > 0 else None)
         self.norm1 = nn.LayerNorm(channels)
         self.self_attn = SelfAttention(channels, num_heads)
         if context_dim is not None:
@@ -302,6 +334,10 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         b, c, height, width = x.shape
         h = x.flatten(2).transpose(1, 2)  # (B, N=H*W, C)
+        if self.pos is not None:
+            feats = position_features(height, width, self.position_frequencies,
+                                      device=h.device, dtype=h.dtype)  # (N, 4F)
+            h = h + self.pos(feats)  # broadcast over B
         h = h + self.self_attn(self.norm1(h))
         if self.cross_attn is not None:
             if context is None:

@@ -90,6 +90,10 @@ class UNetConfig:
     context_dim: int | None = 384
     # Add a projection of the masked mean of the text tokens to the timestep embedding.
     pooled_context: bool = True
+    # Absolute 2-D position added to the tokens of every TransformerBlock: the number of octave
+    # frequencies of its Fourier features (layers.position_features); 0 = none (the network
+    # knows where a pixel is only through the convolutions' zero padding).
+    position_frequencies: int = 0
     # Width of the timestep embedding; None -> 4 * channels[0] (ADM).
     time_embed_dim: int | None = None
     # Upper bound on GroupNorm groups (the largest divisor of the channel count <= this is used).
@@ -130,6 +134,8 @@ class UNetConfig:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError("in_channels and out_channels must be >= 1")
+        if self.position_frequencies < 0:
+            raise ValueError(f"position_frequencies must be >= 0, got {self.position_frequencies}")
 
     @property
     def downsampling_factor(self) -> int:
@@ -164,7 +170,8 @@ class _Stage(nn.Module):
                             dropout=cfg.dropout, zero_init=cfg.zero_init_residual)
         self.attn = (
             TransformerBlock(out_ch, cfg.context_dim, out_ch // cfg.head_dim,
-                             mlp_ratio=cfg.mlp_ratio, zero_init=cfg.zero_init_residual)
+                             mlp_ratio=cfg.mlp_ratio, zero_init=cfg.zero_init_residual,
+                             position_frequencies=cfg.position_frequencies)
             if attention else None
         )
 

@@ -12,6 +12,7 @@ from pictor.networks.layers import (
     ResBlock,
     SelfAttention,
     TransformerBlock,
+    position_features,
     attention,
     timestep_embedding,
 )
@@ -120,3 +121,41 @@ def test_resblock_film_scale_shift():
     torch.testing.assert_close(block(x, emb), expected)
     with pytest.raises(ValueError, match="embedding"):
         block(x)
+
+
+def test_position_features_closed_form():
+    """Pixel centres at u = (2j + 1) / W - 1; features [sin, cos](pi 2^k u), then the same of v."""
+    f = position_features(2, 4, 2)  # H=2, W=4, F=2 -> (8, 8)
+    assert f.shape == (8, 8)
+    u = torch.tensor([-0.75, -0.25, 0.25, 0.75])
+    v = torch.tensor([-0.5, 0.5])
+    n = 1 * 4 + 2  # row 1, column 2
+    expected = [math.sin(math.pi * u[2]), math.sin(2 * math.pi * u[2]),
+                math.cos(math.pi * u[2]), math.cos(2 * math.pi * u[2]),
+                math.sin(math.pi * v[1]), math.sin(2 * math.pi * v[1]),
+                math.cos(math.pi * v[1]), math.cos(2 * math.pi * v[1])]
+    torch.testing.assert_close(f[n], torch.tensor(expected, dtype=torch.float32))
+    # a pixel's features depend on where it is, not on the resolution: the centre of the left
+    # half of a 2-wide row is the centre of columns 0-1 of a 4-wide one
+    torch.testing.assert_close(position_features(1, 2, 1)[0, 0],
+                               torch.tensor(math.sin(-math.pi / 2)))
+    with pytest.raises(ValueError, match="num_frequencies"):
+        position_features(2, 2, 0)
+
+
+def test_position_embedding_starts_at_zero_and_breaks_translation_symmetry():
+    torch.manual_seed(0)
+    block = TransformerBlock(16, context_dim=None, num_heads=2, zero_init=True,
+                             position_frequencies=3)
+    x = torch.randn(1, 16, 4, 4)
+    torch.testing.assert_close(block(x), x)  # zero-initialised like the residual branches
+    # without it, self-attention is permutation-equivariant: a constant map stays constant
+    block_plain = TransformerBlock(16, context_dim=None, num_heads=2)
+    torch.nn.init.normal_(block.pos.weight)
+    block.load_state_dict(block_plain.state_dict() | {"pos.weight": block.pos.weight,
+                                                     "pos.bias": block.pos.bias})
+    flat = torch.randn(1, 16, 1, 1).expand(1, 16, 4, 4)
+    plain_out = block_plain(flat)
+    assert torch.allclose(plain_out, plain_out[..., :1, :1].expand_as(plain_out), atol=1e-5)
+    out = block(flat)
+    assert not torch.allclose(out[..., 0, 0], out[..., 3, 3], atol=1e-3)

@@ -34,6 +34,7 @@ def inputs(cfg: UNetConfig, size: int = 8, batch: int = 2, length: int = 5, seed
     ({"in_channels": 48, "out_channels": 48, "pooled_context": False}, 4),
     ({"context_dim": None, "attention_levels": ()}, 8),
     ({"out_channels": 8}, 8),  # e.g. predicting a learned variance beside the mean
+    ({"position_frequencies": 4}, 8),
 ])
 def test_output_shape(changes, size):
     cfg = dataclasses.replace(TINY, **changes)
