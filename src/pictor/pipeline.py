@@ -229,6 +229,7 @@ class Pipeline:
         h = self.image_size // codec.downsampling_factor
         self.latent_shape = (codec.channels, h, h)  # (C, h, w) of x_T
         self._text_encoder: Any = None
+        self._compiled_text_encoder: Any = None  # None: not looked for; False: none saved
         # Per-prompt embeddings, least recently used evicted beyond prompt_cache_size (a server
         # sees unboundedly many distinct prompts).
         self._embeddings: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -277,7 +278,7 @@ class Pipeline:
             disk = self._embedding_disk_cache
             hit = disk.get(prompt) if disk is not None else None
             if hit is None:
-                emb, mask = self.text_encoder.encode([prompt])
+                emb, mask = self._encode_new_prompt(prompt, disk)
                 if disk is not None:
                     disk.put(prompt, emb, mask)
             else:  # a frozen encoder's output from an earlier process: no need to load it
@@ -286,6 +287,27 @@ class Pipeline:
             while len(cache) > max(1, self.prompt_cache_size):
                 cache.popitem(last=False)
         return cache[prompt]
+
+    def _encode_new_prompt(self, prompt: str, disk: EmbeddingDiskCache | None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a prompt the caches do not hold. A frozen encoder runs from its compiled copy
+        (pictor.text.compiled: the same embeddings bit for bit, without importing transformers)
+        when an earlier process saved one; otherwise transformers encodes it and the compiled
+        copy is saved for the next process."""
+        if disk is None:
+            return self.text_encoder.encode([prompt])
+        from pictor.text import compiled
+
+        folder = disk.folder / compiled.folder_name()
+        if self._text_encoder is None:
+            if self._compiled_text_encoder is None:
+                self._compiled_text_encoder = compiled.load(folder, self.device) or False
+            if self._compiled_text_encoder:
+                return self._compiled_text_encoder.encode([prompt])
+        out = self.text_encoder.encode([prompt])
+        if not folder.exists():
+            compiled.save(self.text_encoder, folder, (prompt,))
+        return out
 
     @cached_property
     def _embedding_disk_cache(self) -> EmbeddingDiskCache | None:

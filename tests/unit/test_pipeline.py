@@ -151,10 +151,16 @@ def test_a_later_process_reuses_the_stored_prompt_embedding(model_dir, tmp_path,
     again = pixels(later.generate("two stars", num_images=2, seed=4, num_steps=6))
     assert later._text_encoder is None  # the encoder was never loaded
     assert all(np.array_equal(a, b) for a, b in zip(fresh, again, strict=True))
+    # a prompt no process has seen: encoded by the compiled copy the first process saved
+    newer = load_pipeline(model_dir)
+    unseen = pixels(newer.generate("a blue square", num_images=1, seed=4, num_steps=6))
+    assert newer._text_encoder is None and newer._compiled_text_encoder
     monkeypatch.setenv("PICTOR_CACHE_DIR", "none")
     off = load_pipeline(model_dir)
     assert pixels(off.generate("two stars", num_images=2, seed=4, num_steps=6))[1].tobytes() \
         == fresh[1].tobytes() and off._text_encoder is not None
+    assert np.array_equal(pixels(off.generate("a blue square", num_images=1, seed=4,
+                                              num_steps=6))[0], unseen[0])
 
 
 def test_trajectory_ends_at_the_generated_image(pipe):
