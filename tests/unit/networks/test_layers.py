@@ -12,8 +12,8 @@ from pictor.networks.layers import (
     ResBlock,
     SelfAttention,
     TransformerBlock,
-    position_features,
     attention,
+    position_features,
     timestep_embedding,
 )
 
