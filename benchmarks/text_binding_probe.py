@@ -16,6 +16,11 @@ the held-out 30%, whose colour/shape combinations in that order were never seen)
 High accuracy on the output means the binding is in the text embeddings and a failure to bind
 colours in the images is the denoiser's (or its training budget's), not the encoder's.
 
+The same for relations, on every `position` prompt with two different shapes ("a red circle to
+the left of a blue square"): shape token -> the side of the image its object belongs on (left,
+right, top, bottom; 4 classes, chance 25%). The word "left" alone does not say it: the first
+object goes left, the second right. The token must know both the relation and its own role.
+
     .venv/bin/python benchmarks/text_binding_probe.py          # ~30 s, writes JSON + BENCHMARKS.md
 """
 
@@ -41,6 +46,25 @@ def prompts() -> list[tuple[str, str, str, str, str]]:
     for prompt in all_prompts("color_attr"):
         first, second = parse_prompt(prompt).objects
         rows.append((prompt, first.color, first.shape, second.color, second.shape))
+    return rows
+
+
+# side of the image each object of `A relation B` belongs on
+SIDES = ("left", "right", "top", "bottom")
+_SIDES_OF = {"to the left of": ("left", "right"), "to the right of": ("right", "left"),
+             "above": ("top", "bottom"), "below": ("bottom", "top")}
+
+
+def position_prompts() -> list[tuple[str, str, str, str, str]]:
+    """(prompt, shape1, side1, shape2, side2) for the position prompts with two different shapes
+    (so that each shape word occurs once)."""
+    rows = []
+    for prompt in all_prompts("position"):
+        parsed = parse_prompt(prompt)
+        first, second = parsed.objects
+        if first.shape != second.shape:
+            side1, side2 = _SIDES_OF[parsed.relation]
+            rows.append((prompt, first.shape, side1, second.shape, side2))
     return rows
 
 
@@ -91,6 +115,7 @@ def main() -> None:
             index["shape"].append((k, j, colours.index(colour)))
             index["colour"].append((k, j - 1, shapes.index(shape)))
     num_train = int(args.train_fraction * len(rows))
+    num_prompts = len(rows)
 
     results = []
     for layer_name, hidden in layers.items():
@@ -101,23 +126,45 @@ def main() -> None:
             y = torch.tensor([label for _, _, label in ids])
             train = torch.tensor([k < num_train for k, _, _ in ids])
             results.append({"layer": layer_name, "token": token, "target": target,
-                            "accuracy": probe(x, y, train, num_classes),
+                            "prompts": "color_attr", "accuracy": probe(x, y, train, num_classes),
                             "chance": 1 / num_classes})
-    data = {"encoder": args.encoder, "num_prompts": len(rows), "train_fraction":
+
+    rows = position_prompts()
+    random.Random(0).shuffle(rows)
+    tokens = tokenizer([r[0] for r in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**tokens, output_hidden_states=True)
+    ids = []
+    for k, (_, s1, side1, s2, side2) in enumerate(rows):
+        words = tokenizer.convert_ids_to_tokens(tokens["input_ids"][k])
+        ids += [(k, words.index(s1), SIDES.index(side1)), (k, words.index(s2), SIDES.index(side2))]
+    num_train_pos = int(args.train_fraction * len(rows))
+    y = torch.tensor([label for _, _, label in ids])
+    train = torch.tensor([k < num_train_pos for k, _, _ in ids])
+    for layer_name, hidden in (("output (what the U-Net reads)", out.last_hidden_state),
+                               ("input embeddings (control)", out.hidden_states[0])):
+        x = torch.stack([hidden[k, j] for k, j, _ in ids]).float()
+        results.append({"layer": layer_name, "token": "shape", "target": "its side",
+                        "prompts": "position", "accuracy": probe(x, y, train, len(SIDES)),
+                        "chance": 1 / len(SIDES)})
+    data = {"encoder": args.encoder, "num_prompts": {"color_attr": num_prompts,
+                                                     "position": len(rows)}, "train_fraction":
             args.train_fraction, "results": results, "seconds": time.perf_counter() - start,
             "environment": environment()}
     path = write_json(NAME, data)
-    rows_md = [[r["layer"], f"{r['token']} token -> {r['target']}", f"{r['accuracy']:.3f}",
-                f"{r['chance']:.3f}"] for r in results]
+    rows_md = [[f"`{r['prompts']}`", r["layer"], f"{r['token']} token -> {r['target']}",
+                f"{r['accuracy']:.3f}", f"{r['chance']:.3f}"] for r in results]
     body = ("## Text encoder binding probe (`benchmarks/text_binding_probe.py`)\n\n"
-            f"Linear probes on {args.encoder} token embeddings of all {len(rows)} `color_attr` "
-            f"prompts, held-out accuracy ({int(100 * (1 - args.train_fraction))}% of the prompts "
-            "unseen by the probe):\n\n"
-            + markdown_table(["embedding", "probe", "accuracy", "chance"], rows_md)
+            f"Linear probes on {args.encoder} token embeddings of all {num_prompts} `color_attr` "
+            f"prompts and the {len(rows)} `position` prompts with two different shapes "
+            f"(side: where the shape's object belongs, left/right/top/bottom), held-out accuracy "
+            f"({int(100 * (1 - args.train_fraction))}% of the prompts unseen by the probe):\n\n"
+            + markdown_table(["prompts", "embedding", "probe", "accuracy", "chance"], rows_md)
             + f"\n\nRaw: `{path.relative_to(path.parents[2])}`.")
     update_markdown_section(NAME, body)
     for r in results:
-        print(f"{r['layer']:32s} {r['token']:6s} -> {r['target']:10s} {r['accuracy']:.3f} "
+        print(f"{r['prompts']:10s} {r['layer']:32s} {r['token']:6s} -> {r['target']:10s} "
+              f"{r['accuracy']:.3f} "
               f"(chance {r['chance']:.3f})")
 
 

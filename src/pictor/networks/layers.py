@@ -25,6 +25,7 @@ benchmarks/train_throughput.py for the whole-model numbers):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -258,6 +259,7 @@ class CrossAttention(nn.Module):
         return self.out(_merge_heads(h))
 
 
+@functools.lru_cache(maxsize=64)
 def position_features(height: int, width: int, num_frequencies: int, *,
                       device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -267,7 +269,8 @@ def position_features(height: int, width: int, num_frequencies: int, *,
     depend on where a pixel sits in the image, not on the resolution; frequency k is pi * 2^k
     (k = 0 .. F-1), and each axis contributes sin and cos: [sin(pi 2^k u), cos(pi 2^k u),
     sin(pi 2^k v), cos(pi 2^k v)] grouped by kind (the NeRF / Fourier-feature embedding of
-    Tancik et al. 2020 with octave frequencies).
+    Tancik et al. 2020 with octave frequencies). Cached per arguments (a constant of every
+    forward pass); do not modify the returned tensor in place.
     """
     if num_frequencies < 1:
         raise ValueError(f"num_frequencies must be >= 1, got {num_frequencies}")
