@@ -33,8 +33,10 @@ the weights sit at the lowest resolution, the highest level keeps 64 channels an
 each way, the up path mirrors the down path (no ADM extra block), upsampling projects to the
 narrower width before interpolating instead of convolving at the high resolution, and attention
 runs only at 8x8 and 4x4 (64 and 16 tokens), where layout and counting are decided. The
-shipped shapes-v2 adds it at 16x16 too (configs/shapes.yaml): attribute binding (which colour goes
+shapes-v2 added it at 16x16 too (configs/shapes.yaml): attribute binding (which colour goes
 with which shape) improved from 0.45 to 0.61 on geneval-shapes, for ~15% more time per image.
+The shipped shapes-v3 also adds 2-D position features to every attention block
+(`position_frequencies`), trained with plain v-MSE instead of min-SNR weighting.
 benchmarks/train_throughput.py compares this with diffusers' UNet2DConditionModel of the same
 size (BENCHMARKS.md).
 """
