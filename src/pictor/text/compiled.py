@@ -11,8 +11,8 @@ with a frozen encoder therefore also saves, beside the embedding disk cache:
 
 A later process loads both in ~0.2 s with torch and tokenizers alone. The save is verified
 first: on probe prompts (the empty one, one that is truncated, the prompt at hand) the compiled
-pair must give exactly transformers' ids, masks and embeddings, otherwise nothing is written and
-the transformers path simply stays in use. The folder is keyed like the embedding cache (encoder
+pair must give exactly transformers' ids, masks and embeddings, otherwise only a note that it is
+not usable is written (so no later process tries again) and the transformers path stays in use. The folder is keyed like the embedding cache (encoder
 files, max_length, device), so a changed encoder never meets an old trace.
 
 TorchScript is deprecated in PyTorch in favour of torch.export, but `torch.export.load` imports
@@ -121,60 +121,39 @@ def save(encoder: Any, folder: str | Path, prompts: tuple[str, ...] = ()) -> boo
     one), `folder` gets only a meta.json that says so, and later processes do not try again.
     Never raises: an error (say, a read-only cache) leaves no files."""
     folder = Path(folder)
-    if _compile(encoder, folder, prompts):
-        return True
-    with contextlib.suppress(Exception):
-        if not folder.exists():
-            _write_meta(folder, {"format": FORMAT, "usable": False, "torch": torch.__version__})
-    return False
-
-
-def _write_meta(folder: Path, meta: dict) -> None:
-    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.meta.tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / META_FILE).write_text(json.dumps(meta))
-    tmp.replace(folder)
-
-
-def _compile(encoder: Any, folder: Path, prompts: tuple[str, ...]) -> bool:
-    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     try:
-        hf_tok = encoder.tokenizer
-        tok = _tokenizer_without_limits(hf_tok)
-        if tok is None or hf_tok.pad_token_id is None:
-            return False
-        model = encoder.model
-        device = next(model.parameters()).device
-        probes = list(dict.fromkeys(PROBE_PROMPTS + tuple(prompts)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # the probe that is truncated
-            ids, mask = (t.to(device) for t in _hf_ids(encoder, probes))
-            with torch.no_grad(), _no_jit_deprecation_warnings():
-                traced = torch.jit.trace(_LastHiddenState(model).eval(), (ids, mask),
-                                         check_trace=False)
-            compiled = CompiledTextEncoder(traced, tok, encoder.max_length, hf_tok.pad_token_id,
-                                           hf_tok.pad_token, encoder.name, device)
-            c_ids, c_mask = compiled.tokenize(probes)
-            if not (torch.equal(c_ids, ids.cpu()) and torch.equal(c_mask, mask.cpu())):
-                return False
-            # one prompt at a time, as the pipeline encodes, against transformers doing the same
-            for prompt in probes:
-                with torch.no_grad():
-                    out, _ = compiled.encode([prompt])
-                if not torch.equal(out, encoder.encode([prompt])[0]):
-                    return False
-        tmp.mkdir(parents=True, exist_ok=True)
+        compiled = _compile(encoder, prompts)
+    except Exception:  # noqa: BLE001 - an optional speed-up must never stop a generation
+        compiled = None
+    if compiled is None:
+        _publish(folder, {"format": FORMAT, "usable": False, "torch": torch.__version__})
+        return False
+    traced, tok = compiled
+    hf_tok = encoder.tokenizer
+
+    def write(tmp: Path) -> None:
         with _no_jit_deprecation_warnings():
             torch.jit.save(traced, str(tmp / MODULE_FILE))
         tok.save(str(tmp / TOKENIZER_FILE))
-        (tmp / META_FILE).write_text(json.dumps({
-            "format": FORMAT, "usable": True, "max_length": encoder.max_length,
-            "name": encoder.name,
-            "pad_id": hf_tok.pad_token_id, "pad_token": hf_tok.pad_token,
-            "torch": torch.__version__}))
-        tmp.replace(folder)  # atomic: a concurrent reader sees all three files or none
+
+    return _publish(folder, {"format": FORMAT, "usable": True, "max_length": encoder.max_length,
+                             "name": encoder.name, "pad_id": hf_tok.pad_token_id,
+                             "pad_token": hf_tok.pad_token, "torch": torch.__version__}, write)
+
+
+def _publish(folder: Path, meta: dict, write: Any = None) -> bool:
+    """Write `write(tmp)`'s files and meta.json into a temporary folder, then rename it to
+    `folder` (atomic: a concurrent reader sees all files or none; a folder another process
+    published first is kept). True when published; never raises, leaves no temporary files."""
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        if write is not None:
+            write(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta))
+        tmp.replace(folder)
         return True
-    except Exception:  # noqa: BLE001 - an optional speed-up must never stop a generation
+    except Exception:  # noqa: BLE001 - a cache that cannot be written is skipped
         return False
     finally:
         if tmp.exists():
@@ -182,6 +161,33 @@ def _compile(encoder: Any, folder: Path, prompts: tuple[str, ...]) -> bool:
                 p.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 tmp.rmdir()
+
+
+def _compile(encoder: Any, prompts: tuple[str, ...]) -> tuple[Any, Any] | None:
+    """(trace, tokenizer) of `encoder` when they reproduce it exactly on the probes, else None."""
+    hf_tok = encoder.tokenizer
+    tok = _tokenizer_without_limits(hf_tok)
+    if tok is None or hf_tok.pad_token_id is None:
+        return None
+    model = encoder.model
+    device = next(model.parameters()).device
+    probes = list(dict.fromkeys(PROBE_PROMPTS + tuple(prompts)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the probe that is truncated
+        ids, mask = (t.to(device) for t in _hf_ids(encoder, probes))
+        with torch.no_grad(), _no_jit_deprecation_warnings():
+            traced = torch.jit.trace(_LastHiddenState(model).eval(), (ids, mask),
+                                     check_trace=False)
+        compiled = CompiledTextEncoder(traced, tok, encoder.max_length, hf_tok.pad_token_id,
+                                       hf_tok.pad_token, encoder.name, device)
+        c_ids, c_mask = compiled.tokenize(probes)
+        if not (torch.equal(c_ids, ids.cpu()) and torch.equal(c_mask, mask.cpu())):
+            return None
+        # one prompt at a time, as the pipeline encodes, against transformers doing the same
+        for prompt in probes:
+            if not torch.equal(compiled.encode([prompt])[0], encoder.encode([prompt])[0]):
+                return None
+    return traced, tok
 
 
 def _hf_ids(encoder: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
