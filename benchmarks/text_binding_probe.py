@@ -86,6 +86,30 @@ def probe(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, num_classes: in
         return float(((x[~train] @ w + b).argmax(1) == y[~train]).float().mean())
 
 
+def encode(tokenizer, model, texts: list[str]) -> tuple[list[list[str]], dict[str, torch.Tensor]]:
+    """Each text's word pieces, and the (B, L, D) hidden states per layer probed."""
+    tokens = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**tokens, output_hidden_states=True)
+    words = [tokenizer.convert_ids_to_tokens(ids) for ids in tokens["input_ids"]]
+    return words, {"output (what the U-Net reads)": out.last_hidden_state,
+                   "input embeddings (control)": out.hidden_states[0]}
+
+
+def probe_tokens(layers: dict[str, torch.Tensor], ids: list[tuple[int, int, int]],
+                 num_train: int, num_classes: int, **labels: str) -> list[dict]:
+    """One result per layer: probe the token (prompt k, position j) -> label, trained on the
+    tokens of prompts k < num_train."""
+    y = torch.tensor([label for _, _, label in ids])
+    train = torch.tensor([k < num_train for k, _, _ in ids])
+    results = []
+    for layer_name, hidden in layers.items():
+        x = torch.stack([hidden[k, j] for k, j, _ in ids]).float()
+        results.append({"layer": layer_name, **labels,
+                        "accuracy": probe(x, y, train, num_classes), "chance": 1 / num_classes})
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--encoder", default="minilm", help="text encoder spec (default minilm)")
@@ -95,58 +119,37 @@ def main() -> None:
     start = time.perf_counter()
     encoder = load_text_encoder(args.encoder)
     tokenizer, model = encoder.tokenizer, encoder.model
+    colours, shapes = list(COLORS), list(SHAPES)
+    results = []
+
     rows = prompts()
     random.Random(0).shuffle(rows)
-    texts = [r[0] for r in rows]
-    tokens = tokenizer(texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        out = model(**tokens, output_hidden_states=True)
-    layers = {"output (what the U-Net reads)": out.last_hidden_state,
-              "input embeddings (control)": out.hidden_states[0]}
-
-    colours, shapes = list(COLORS), list(SHAPES)
+    words, layers = encode(tokenizer, model, [r[0] for r in rows])
     index: dict[str, list[tuple[int, int, int]]] = {"shape": [], "colour": []}
     for k, (_, c1, s1, c2, s2) in enumerate(rows):
-        words = tokenizer.convert_ids_to_tokens(tokens["input_ids"][k])
         for colour, shape in ((c1, s1), (c2, s2)):
             # the two shapes differ, so each shape word occurs once; its colour's (last) word
             # piece comes right before it ("cyan" is "cy ##an")
-            j = words.index(shape)
+            j = words[k].index(shape)
             index["shape"].append((k, j, colours.index(colour)))
             index["colour"].append((k, j - 1, shapes.index(shape)))
-    num_train = int(args.train_fraction * len(rows))
     num_prompts = len(rows)
-
-    results = []
-    for layer_name, hidden in layers.items():
-        for token, target, num_classes in (("shape", "its colour", len(colours)),
-                                           ("colour", "its shape", len(shapes))):
-            ids = index[token]
-            x = torch.stack([hidden[k, j] for k, j, _ in ids]).float()
-            y = torch.tensor([label for _, _, label in ids])
-            train = torch.tensor([k < num_train for k, _, _ in ids])
-            results.append({"layer": layer_name, "token": token, "target": target,
-                            "prompts": "color_attr", "accuracy": probe(x, y, train, num_classes),
-                            "chance": 1 / num_classes})
+    num_train = int(args.train_fraction * num_prompts)
+    for token, target, num_classes in (("shape", "its colour", len(colours)),
+                                       ("colour", "its shape", len(shapes))):
+        results += probe_tokens(layers, index[token], num_train, num_classes, token=token,
+                                target=target, prompts="color_attr")
+    results.sort(key=lambda r: list(layers).index(r["layer"]))  # by layer, then token (stable)
 
     rows = position_prompts()
     random.Random(0).shuffle(rows)
-    tokens = tokenizer([r[0] for r in rows], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        out = model(**tokens, output_hidden_states=True)
+    words, layers = encode(tokenizer, model, [r[0] for r in rows])
     ids = []
     for k, (_, s1, side1, s2, side2) in enumerate(rows):
-        words = tokenizer.convert_ids_to_tokens(tokens["input_ids"][k])
-        ids += [(k, words.index(s1), SIDES.index(side1)), (k, words.index(s2), SIDES.index(side2))]
-    num_train_pos = int(args.train_fraction * len(rows))
-    y = torch.tensor([label for _, _, label in ids])
-    train = torch.tensor([k < num_train_pos for k, _, _ in ids])
-    for layer_name, hidden in (("output (what the U-Net reads)", out.last_hidden_state),
-                               ("input embeddings (control)", out.hidden_states[0])):
-        x = torch.stack([hidden[k, j] for k, j, _ in ids]).float()
-        results.append({"layer": layer_name, "token": "shape", "target": "its side",
-                        "prompts": "position", "accuracy": probe(x, y, train, len(SIDES)),
-                        "chance": 1 / len(SIDES)})
+        ids += [(k, words[k].index(s1), SIDES.index(side1)),
+                (k, words[k].index(s2), SIDES.index(side2))]
+    results += probe_tokens(layers, ids, int(args.train_fraction * len(rows)), len(SIDES),
+                            token="shape", target="its side", prompts="position")
     data = {"encoder": args.encoder, "num_prompts": {"color_attr": num_prompts,
                                                      "position": len(rows)}, "train_fraction":
             args.train_fraction, "results": results, "seconds": time.perf_counter() - start,
