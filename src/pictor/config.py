@@ -130,6 +130,17 @@ class TrainingConfig:
     # Probability of replacing a caption by "" so that the model learns the unconditional
     # prediction classifier-free guidance needs (Ho & Salimans 2022).
     caption_dropout_prob: float = 0.1
+    # Start from the weights of a trained U-Net: a model folder (pictor export-model), a run
+    # folder (its final/) or a unet.safetensors file. Tensors of the same name and shape are
+    # copied; the others (e.g. a newly added text adapter) keep their initialisation. Ignored
+    # when resuming (the checkpoint has the weights).
+    init_from: str | None = None
+    # Weight of the grounding loss (pictor.training.grounding, TokenCompose's token loss): the
+    # cross-attention of each word naming an object should fall on that object. Needs object
+    # masks, i.e. shapes-world data from `pictor data synth`; 0 turns it off.
+    grounding_loss_weight: float = 0.0
+    # Cross-attention maps of at least this side (in pixels of the U-Net's input) are grounded.
+    grounding_min_resolution: int = 8
     # Autocast dtype: "auto" uses bf16 on CUDA devices that support it and full precision on
     # CPU; "bf16"/"fp16" force it (fp16 only on CUDA, with loss scaling); "no" disables it.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -497,6 +508,12 @@ def _validate_training(t: TrainingConfig) -> None:
         raise ValueError("training.ema_halflife_steps must be positive or null")
     if t.grad_clip_norm is not None and t.grad_clip_norm <= 0:
         raise ValueError("training.grad_clip_norm must be positive or null")
+    if t.grounding_loss_weight < 0:
+        raise ValueError(f"training.grounding_loss_weight must be >= 0, got "
+                         f"{t.grounding_loss_weight}")
+    if t.grounding_min_resolution < 1:
+        raise ValueError(f"training.grounding_min_resolution must be >= 1, got "
+                         f"{t.grounding_min_resolution}")
 
 
 def _validate_optimizer(o: OptimizerConfig) -> None:

@@ -227,9 +227,9 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (B, N, C)
-        h = attention(*(_split_heads(a, self.num_heads) for a in (q, k, v)))
+        h = attention(*(_split_heads(a, self.num_heads) for a in (q, k, v)), key_mask)
         return self.out(_merge_heads(h))
 
 
@@ -248,15 +248,38 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(channels, channels)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.out = nn.Linear(channels, channels)
+        # Set by pictor.training.grounding.record_cross_attention: a list that receives the
+        # attention probabilities of maps with >= record_min_tokens pixels (grounding loss).
+        self.record: list[torch.Tensor] | None = None
+        self.record_min_tokens = 0
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         k, v = self.kv(context).chunk(2, dim=-1)  # 2 x (B, L, C)
         q = _split_heads(self.q(x), self.num_heads)
-        h = attention(q, _split_heads(k, self.num_heads), _split_heads(v, self.num_heads),
-                      context_mask)
+        k, v = _split_heads(k, self.num_heads), _split_heads(v, self.num_heads)
+        if self.record is not None and q.shape[2] >= self.record_min_tokens:
+            h = self._attention_recorded(q, k, v, context_mask)
+        else:
+            h = attention(q, k, v, context_mask)
         return self.out(_merge_heads(h))
+
+    def _attention_recorded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            key_mask: torch.Tensor | None) -> torch.Tensor:
+        """`attention` with explicit probabilities (float32), which go to self.record averaged
+        over heads, (B, N, L); same output up to rounding."""
+        with torch.autocast(q.device.type, enabled=False):  # float32 even under autocast
+            logits = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+            if key_mask is not None:  # rows with no key attend to nothing, as in `attention`
+                has_key = key_mask.any(dim=1)
+                safe = key_mask | ~has_key[:, None]
+                logits = logits.masked_fill(~safe[:, None, None, :], float("-inf"))
+            probs = logits.softmax(dim=-1)  # (B, heads, N, L)
+            if key_mask is not None:
+                probs = probs * has_key[:, None, None, None].to(probs.dtype)
+            self.record.append(probs.mean(dim=1))  # type: ignore[union-attr]
+            return probs.to(v.dtype) @ v
 
 
 @functools.lru_cache(maxsize=64)
@@ -348,3 +371,43 @@ class TransformerBlock(nn.Module):
             h = h + self.cross_attn(self.norm2(h), context, context_mask)
         h = h + self.mlp(self.norm3(h))
         return h.transpose(1, 2).reshape(b, c, height, width)  # (B, C, H, W)
+
+
+class TextAdapter(nn.Module):
+    """Trainable pre-norm transformer layers over the frozen text encoder's tokens, before the
+    U-Net reads them: self-attention among the real tokens (padding masked) and a GELU MLP,
+    each a zero-initialised residual branch, so an untrained adapter is the identity.
+
+    Why: a frozen sentence encoder keeps what a relation says mostly in the relation word; the
+    object words of "a red circle to the left of a blue square" and "... to the right of ..."
+    differ by ~5% (all-MiniLM-L6-v2), too little for a per-token key projection to turn into
+    "put this object on the left". A layer that mixes the tokens can write the relation into the
+    object tokens the cross-attention keys are made from (cf. the trainable text connectors of
+    eDiff-I / ELLA on frozen encoders).
+
+    x: (B, L, D), mask: (B, L) bool | None -> (B, L, D)
+    """
+
+    def __init__(self, dim: int, num_layers: int, num_heads: int, mlp_ratio: float = 2.0
+                 ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        hidden = int(dim * mlp_ratio)
+        self.layers = nn.ModuleList()
+        for _ in range(num_layers):
+            layer = nn.ModuleDict({
+                "norm1": nn.LayerNorm(dim), "attn": SelfAttention(dim, num_heads),
+                "norm2": nn.LayerNorm(dim),
+                "mlp": nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"),
+                                     nn.Linear(hidden, dim)),
+            })
+            zero_(layer["attn"].out)
+            zero_(layer["mlp"][-1])
+            self.layers.append(layer)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + layer["attn"](layer["norm1"](x), mask)
+            x = x + layer["mlp"](layer["norm2"](x))
+        return x

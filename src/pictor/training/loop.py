@@ -290,7 +290,8 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
                                  refresh=False)
         if step_done % tcfg.log_every_steps == 0 or step_done == tcfg.max_steps:
             logger.log(step_done, loss=losses[-1], lr=lr, grad_norm=float(grad_norm),
-                       images_per_second=imgs_per_s, epoch=sampler.epoch)
+                       images_per_second=imgs_per_s, epoch=sampler.epoch,
+                       **getattr(task, "loss_terms", {}))
         is_last = step_done == tcfg.max_steps
         if (tcfg.checkpoint_every_steps and step_done % tcfg.checkpoint_every_steps == 0) \
                 or is_last:

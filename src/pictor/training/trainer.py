@@ -8,10 +8,12 @@ per unique caption, "" and validation prompt (cached on disk; pictor.data.loader
 only indexes these tensors. With `text.spec: trainable` the table holds token ids instead and the
 small TrainableTextEncoder is trained with the U-Net as one module (TextConditionedUNet).
 
-Per example (Ho et al. 2020, Alg. 1, with the choices of the config): (Ho et al. 2020, Alg. 1, with the choices of the config):
+Per example (Ho et al. 2020, Alg. 1, with the choices of the config):
     t ~ U{0..T-1},  eps ~ N(0, I),  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     caption c replaced by "" with probability caption_dropout_prob (Ho & Salimans 2022)
     loss = w(t) || f(x_t, t, c) - target ||^2, target eps / v / x0, w = min-SNR-gamma weight
+    (+ grounding_loss_weight x the token loss on the cross-attention maps, from object masks,
+     when set: pictor.training.grounding)
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class DiffusionTask:
         # Seed right before init: loading a text encoder (cache miss) may consume the global RNG.
         torch.manual_seed(tcfg.seed)
         self.model = UNet(config.model)
+        if tcfg.init_from:
+            init_from_weights(self.model, tcfg.init_from,
+                              log=print if dist.is_main else (lambda *_: None))
         if self.trainable_text:
             self.model = TextConditionedUNet(self.model, self.text.build_encoder(config.text))
         self.schedule = NoiseSchedule.from_config(config.diffusion.schedule)
@@ -100,6 +105,27 @@ class DiffusionTask:
         # (U, L, D) embeddings of a frozen encoder, or (U, L) token ids of the trainable one
         self.emb = self.text.emb.to(self.device)
         self.mask = self.text.mask.to(self.device)  # (U, L)
+        self.grounding = None
+        self.loss_terms: dict[str, float] = {}  # the last step's loss parts, for the log
+        if tcfg.grounding_loss_weight > 0:
+            self.grounding = self._build_grounding(dataset, dist)
+
+    def _build_grounding(self, dataset, dist: DistInfo):
+        from pictor.text.encoders import minilm_path
+        from pictor.training.grounding import build_grounding_table
+
+        spec = self.config.text.spec
+        if self.trainable_text:
+            raise ValueError("training.grounding_loss_weight > 0 needs a frozen pretrained text "
+                             f"encoder (text.spec {spec!r} is the trainable one); set "
+                             "text.spec=minilm or training.grounding_loss_weight=0")
+        import transformers
+
+        path = minilm_path() if spec == "minilm" else Path(spec).expanduser()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        log = print if dist.is_main else (lambda *_: None)
+        return build_grounding_table(dataset, tokenizer, max_length=self.config.text.max_length,
+                                     resolution=self.x.shape[-1], log=log)
 
     def _check_shapes(self) -> None:
         mcfg = self.config.model
@@ -142,10 +168,22 @@ class DiffusionTask:
         t = draws["t"].to(dev)                                          # (b,)
         noise = draws["noise"].to(dev)                                  # (b, C, h, w)
         x_t = q_sample(x0, t, noise, self.alphas_cumprod)
-        pred = model(x_t, t.float(), context, mask)                     # (b, C, h, w)
-        dc = self.config.diffusion
-        return diffusion_loss(pred.float(), x0, noise, t, self.alphas_cumprod,
-                              dc.prediction_type, min_snr_gamma=dc.min_snr_gamma)
+        dc, tcfg = self.config.diffusion, self.config.training
+        if self.grounding is None:
+            pred = model(x_t, t.float(), context, mask)                 # (b, C, h, w)
+            return diffusion_loss(pred.float(), x0, noise, t, self.alphas_cumprod,
+                                  dc.prediction_type, min_snr_gamma=dc.min_snr_gamma)
+        from pictor.training.grounding import grounding_loss, record_cross_attention
+
+        with record_cross_attention(model, tcfg.grounding_min_resolution) as records:
+            pred = model(x_t, t.float(), context, mask)                 # (b, C, h, w)
+        denoise = diffusion_loss(pred.float(), x0, noise, t, self.alphas_cumprod,
+                                 dc.prediction_type, min_snr_gamma=dc.min_snr_gamma)
+        tokens, entity, masks = self.grounding.batch(indices, dev)
+        ground = grounding_loss(records, tokens, entity, masks, keep=~draws["drop"].to(dev))
+        self.loss_terms = {"denoising_loss": float(denoise.detach()),
+                           "grounding_loss": float(ground.detach())}
+        return denoise + tcfg.grounding_loss_weight * ground
 
     @torch.no_grad()
     def sample(self, unet: nn.Module, prompts: list[str], *, num_steps: int,
@@ -196,6 +234,36 @@ class DiffusionTask:
         else:
             save_module(ema_module, self.config.model, final / "unet.safetensors")
         save_config(self.config, final / "config.yaml")
+
+
+def init_from_weights(model: nn.Module, source: str | Path, log=print) -> list[str]:
+    """Copy into `model` the tensors of a saved U-Net whose name and shape match; returns the
+    names that kept their initialisation. `source`: a unet.safetensors file, a model folder or a
+    run folder (final/unet.safetensors)."""
+    from safetensors.torch import load_file
+
+    p = Path(source).expanduser()
+    candidates = [p, p / "unet.safetensors", p / "final" / "unet.safetensors"]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"training.init_from: no U-Net weights at {p.resolve()} (looked "
+                                f"for {', '.join(str(c) for c in candidates[1:])})")
+    saved = load_file(str(path))
+    own = model.state_dict()
+    copied = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    if not copied:
+        raise ValueError(f"training.init_from: {path} shares no tensor (name and shape) with "
+                         "this model; is it a U-Net of another architecture?")
+    with torch.no_grad():
+        for k, v in copied.items():
+            own[k].copy_(v.to(own[k].dtype))
+    kept = sorted(set(own) - set(copied))
+    unused = sorted(set(saved) - set(copied))
+    log(f"init_from {path}: copied {len(copied)} of {len(own)} tensors"
+        + (f"; {len(kept)} keep their initialisation ({', '.join(kept[:4])}"
+           f"{', ...' if len(kept) > 4 else ''})" if kept else "")
+        + (f"; {len(unused)} saved tensors unused" if unused else ""))
+    return kept
 
 
 class TokenTable:

@@ -1,0 +1,281 @@
+"""Grounding loss: the cross-attention of each object word should fall on that object.
+
+A text-conditional U-Net reads the prompt only through cross-attention, and with the plain
+denoising loss nothing says *where* in the image a word's information must go: a small model
+learns "a red circle" well but mixes up "a red circle and a blue square" (which colour goes on
+which shape) and draws "A to the left of B" with the sides at chance. TokenCompose (Wang et al.
+2024) adds a token-level loss on the cross-attention maps, from object masks: for each word that
+names an object, the share of that word's attention (over pixels) that lands outside the
+object's mask is penalised,
+
+    L_token = mean over (layer, word) of (1 - sum_p M(p) A(p, word) / sum_p A(p, word))^2,
+
+with A the cross-attention probabilities (averaged over heads) at a layer's pixels p and M the
+object's mask at that layer's resolution. The training loss is the denoising loss +
+`training.grounding_loss_weight` x L_token.
+
+Masks need ground truth. Shapes-world data (`pictor data synth`) records each image's category
+and example seed, and the scene is a pure function of them, so the masks are rebuilt exactly
+(`build_grounding_table`); every rebuilt caption is checked against the stored one. The words
+grounded are each object's shape word and, where the caption names one, its colour word (so
+colour-to-shape binding is supervised too); in `counting` the plural shape word grounds to all
+the shapes together. Each word's tokens (a word may be split into several word pieces) come
+from the frozen encoder's own tokenizer, so the positions are the ones the U-Net sees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "GroundingTable",
+    "build_grounding_table",
+    "grounding_loss",
+    "object_words",
+    "record_cross_attention",
+    "scene_masks",
+]
+
+MAX_ENTITIES = 2  # masks per caption: one per named object (counting: all shapes as one)
+MAX_PAIRS = 8     # (token, mask) pairs per caption: <= 2 objects x (colour + shape) x word pieces
+
+
+@dataclass
+class GroundingTable:
+    """Per training example: which text tokens name which object, and the objects' masks.
+
+    tokens: (N, P) int64, positions in the encoder's token sequence, -1 = unused pair
+    entity: (N, P) int64, which of the example's masks each pair's token names (0 or 1)
+    masks:  (N, E, R, R) uint8, object coverage x 255 at the diffusion input's resolution R
+    Examples without ground truth have no pairs (all -1) and add nothing to the loss.
+    """
+
+    tokens: torch.Tensor
+    entity: torch.Tensor
+    masks: torch.Tensor
+    skipped: int = 0  # examples whose caption did not match the rebuilt scene
+
+    def batch(self, indices: torch.Tensor, device: torch.device | str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens, entity, masks in [0, 1] float32) of the examples at `indices`."""
+        idx = indices.cpu()
+        return (self.tokens.index_select(0, idx).to(device),
+                self.entity.index_select(0, idx).to(device),
+                self.masks.index_select(0, idx).to(device=device, dtype=torch.float32) / 255.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Which words name which object
+# ----------------------------------------------------------------------------------------------
+
+
+def object_words(caption: str) -> list[tuple[int, int, int]]:
+    """(start, end, entity) character spans of the words of a canonical shapes-world caption
+    that name an object: each object's colour word (if any) and shape word, entity = the
+    object's index in caption order (counting: the plural shape word, entity 0).
+
+    ValueError if the caption is not of the canonical grammar (pictor.data.shapes.parse_prompt).
+    """
+    from pictor.data.shapes import parse_prompt
+
+    parsed = parse_prompt(caption)
+    text = caption.lower()
+    spans: list[tuple[int, int, int]] = []
+    cursor = 0
+    for entity, obj in enumerate(parsed.objects):
+        words = [obj.color] if obj.color else []
+        words.append(f"{obj.shape}s" if parsed.category == "counting" else obj.shape)
+        for word in words:
+            m = re.compile(rf"\b{re.escape(word)}\b").search(text, cursor)
+            if m is None:  # parse_prompt accepted it, so this cannot happen
+                raise ValueError(f"word {word!r} not found in caption {caption!r}")
+            spans.append((m.start(), m.end(), entity))
+            cursor = m.end()
+    return spans
+
+
+def _token_pairs(tokenizer, captions: Sequence[str], max_length: int
+                 ) -> dict[str, list[tuple[int, int]]]:
+    """caption -> [(token position, entity)] from the tokenizer's character offsets."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    unique = sorted(set(captions))
+    enc = tokenizer(unique, truncation=True, max_length=max_length,
+                    return_offsets_mapping=True)
+    for caption, offsets in zip(unique, enc["offset_mapping"], strict=True):
+        pairs = []
+        for start, end, entity in object_words(caption):
+            for pos, (a, b) in enumerate(offsets):
+                if b > a and a < end and b > start:  # special tokens have empty spans
+                    pairs.append((pos, entity))
+        out[caption] = pairs[:MAX_PAIRS]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks from the shapes-world scenes
+# ----------------------------------------------------------------------------------------------
+
+
+def scene_masks(caption: str, scene, resolution: int) -> np.ndarray:
+    """(E, R, R) float32 coverage in [0, 1] of each object the caption names, area-averaged
+    from the 64x64 render to R x R (R must divide 64); entity order as in `object_words`."""
+    from pictor.data.shapes import CANVAS_SIZE_PX, parse_prompt, shape_coverage
+
+    if CANVAS_SIZE_PX % resolution:
+        raise ValueError(f"mask resolution {resolution} does not divide {CANVAS_SIZE_PX}")
+    parsed = parse_prompt(caption)
+    full = np.zeros((MAX_ENTITIES, CANVAS_SIZE_PX, CANVAS_SIZE_PX), dtype=np.float32)
+    used = [False] * len(scene.shapes)
+    for entity, obj in enumerate(parsed.objects):
+        for i, spec in enumerate(scene.shapes):
+            matches = spec.shape == obj.shape and (obj.color is None or spec.color == obj.color)
+            if used[i] or not matches:
+                continue
+            alpha = shape_coverage(spec.shape, spec.size_px)
+            h, w = alpha.shape
+            full[entity, spec.top:spec.top + h, spec.left:spec.left + w] += alpha
+            used[i] = True
+            if parsed.category != "counting":
+                break  # one shape per named object; counting takes them all
+        else:
+            if parsed.category != "counting":
+                raise ValueError(f"no shape in the scene matches {obj} of {caption!r}")
+    if not all(used):
+        raise ValueError(f"the scene holds shapes that {caption!r} does not name")
+    f = CANVAS_SIZE_PX // resolution
+    return full.reshape(MAX_ENTITIES, resolution, f, resolution, f).mean(axis=(2, 4))
+
+
+def _synth_records(dataset) -> list[tuple[str, int] | None]:
+    """(category, example seed) of each example made by `pictor data synth`, else None."""
+    from pictor.data.loader import METADATA_FILE, ShardDataset
+    from pictor.data.shards import read_shards
+
+    n = len(dataset)
+    if isinstance(dataset, ShardDataset):
+        extras = read_shards(dataset.root, ["extra"], dataset.max_images).column(
+            "extra").to_pylist()
+        raw = [json.loads(e) if e else {} for e in extras]
+    else:
+        raw = []
+        for line in (Path(dataset.root) / METADATA_FILE).read_text().splitlines():
+            if line.strip():
+                raw.append(json.loads(line))
+            if len(raw) >= n:
+                break
+    out: list[tuple[str, int] | None] = []
+    for obj in raw[:n]:
+        category, seed = obj.get("category"), obj.get("seed")
+        ok = isinstance(category, str) and isinstance(seed, int)
+        out.append((category, seed) if ok else None)
+    return out
+
+
+def build_grounding_table(dataset, tokenizer, *, max_length: int, resolution: int,
+                          namespace: str = "train", log=print) -> GroundingTable:
+    """Masks and token pairs for every example of a shapes-world data set (module docstring).
+
+    Raises ValueError when no example carries shapes-world ground truth (category and seed),
+    i.e. the data was not made by `pictor data synth`: the grounding loss needs object masks.
+    """
+    from pictor.data.shapes import sample_prompt_and_scene
+    from pictor.data.synth import example_rng
+
+    t0 = time.perf_counter()
+    records = _synth_records(dataset)
+    if not any(r is not None for r in records):
+        raise ValueError(
+            f"training.grounding_loss_weight > 0 needs object masks, which exist only for "
+            f"shapes-world data made by `pictor data synth` (its records carry 'category' and "
+            f"'seed'); {dataset.root} has none. Set training.grounding_loss_weight=0")
+    captions = dataset.captions
+    pairs = _token_pairs(tokenizer, [c for c, r in zip(captions, records, strict=True) if r],
+                         max_length)
+    n = len(captions)
+    tokens = torch.full((n, MAX_PAIRS), -1, dtype=torch.int64)
+    entity = torch.zeros((n, MAX_PAIRS), dtype=torch.int64)
+    masks = torch.zeros((n, MAX_ENTITIES, resolution, resolution), dtype=torch.uint8)
+    skipped = 0
+    for i, (caption, rec) in enumerate(zip(captions, records, strict=True)):
+        if rec is None:
+            skipped += 1
+            continue
+        category, seed = rec
+        prompt, scene = sample_prompt_and_scene(category, example_rng(namespace, seed))
+        if prompt != caption:  # edited metadata or another renderer version
+            skipped += 1
+            continue
+        m = scene_masks(caption, scene, resolution)
+        masks[i] = torch.from_numpy(np.rint(m * 255.0).astype(np.uint8))
+        for j, (pos, ent) in enumerate(pairs[caption]):
+            tokens[i, j], entity[i, j] = pos, ent
+    log(f"grounding: object masks and token pairs for {n - skipped} of {n} examples "
+        f"({skipped} without shapes-world ground truth) in {time.perf_counter() - t0:.0f} s")
+    return GroundingTable(tokens, entity, masks, skipped)
+
+
+# ----------------------------------------------------------------------------------------------
+# Recording cross-attention and the loss
+# ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def record_cross_attention(model: nn.Module, min_resolution: int = 1
+                           ) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every CrossAttention of `model` on a feature map of side >=
+    `min_resolution` appends its probabilities, averaged over heads, (B, N, L) float32 with
+    gradients, to the yielded list (square feature maps: N = side^2)."""
+    from pictor.networks.layers import CrossAttention
+
+    records: list[torch.Tensor] = []
+    modules = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    for m in modules:
+        m.record = records
+        m.record_min_tokens = min_resolution * min_resolution
+    try:
+        yield records
+    finally:
+        for m in modules:
+            m.record = None
+
+
+def grounding_loss(records: Sequence[torch.Tensor], tokens: torch.Tensor, entity: torch.Tensor,
+                   masks: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """TokenCompose's token loss (module docstring), averaged over layers and valid pairs.
+
+    records: [(B, N, L)] attention probabilities; tokens, entity: (B, P) (tokens -1 = unused);
+    masks: (B, E, R, R) in [0, 1]; keep: (B,) bool, examples to use (e.g. caption not dropped).
+    Returns a scalar; 0 (with a graph) when there is nothing to ground.
+    """
+    valid = tokens >= 0                                        # (B, P)
+    if keep is not None:
+        valid = valid & keep[:, None]
+    if not records or not bool(valid.any()):
+        return sum((r.sum() * 0.0 for r in records), torch.zeros((), device=tokens.device))
+    w = valid.float()
+    tok = tokens.clamp(min=0)
+    ent = entity.clamp(min=0)
+    per_layer = []
+    for probs in records:
+        b, n, _ = probs.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"grounding needs square feature maps, got {n} pixels")
+        m = F.adaptive_avg_pool2d(masks, side).flatten(2)      # (B, E, N): area average
+        m = m.gather(1, ent[:, :, None].expand(b, ent.shape[1], n))            # (B, P, N)
+        a = probs.gather(2, tok[:, None, :].expand(b, n, tok.shape[1])).transpose(1, 2)
+        inside = (a * m).sum(-1) / a.sum(-1).clamp_min(1e-12)  # (B, P): share in the mask
+        per_layer.append(((1.0 - inside) ** 2 * w).sum() / w.sum())
+    return torch.stack(per_layer).mean()

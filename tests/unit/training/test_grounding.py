@@ -1,0 +1,207 @@
+"""The grounding loss (pictor.training.grounding): which words name which object, the object
+masks rebuilt from shapes-world scenes against the renderer's own pixels, closed forms of the
+token loss, and the recorded cross-attention against the fused attention it replaces."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pictor.data.loader import open_dataset
+from pictor.data.shapes import BACKGROUND_RGB, COLORS, render_scene_array, sample_prompt_and_scene
+from pictor.data.synth import example_rng, synthesize
+from pictor.networks.layers import CrossAttention
+from pictor.training.grounding import (
+    build_grounding_table,
+    grounding_loss,
+    object_words,
+    record_cross_attention,
+    scene_masks,
+)
+
+
+def _words(caption: str) -> list[tuple[str, int]]:
+    return [(caption[a:b], e) for a, b, e in object_words(caption)]
+
+
+def test_object_words_name_each_object_in_caption_order():
+    assert _words("a red circle") == [("red", 0), ("circle", 0)]
+    assert _words("a star") == [("star", 0)]
+    assert _words("three stars") == [("stars", 0)]
+    assert _words("a square and a triangle") == [("square", 0), ("triangle", 1)]
+    assert _words("an orange star and a blue square") == [
+        ("orange", 0), ("star", 0), ("blue", 1), ("square", 1)]
+    # the same shape twice: the cursor keeps the second "circle" for the second object
+    assert _words("a red circle to the left of a blue circle") == [
+        ("red", 0), ("circle", 0), ("blue", 1), ("circle", 1)]
+    with pytest.raises(ValueError, match="unexpected word"):
+        object_words("a red blob")
+
+
+@pytest.mark.parametrize("category", ["colors", "two_object", "color_attr", "counting",
+                                      "position"])
+def test_masks_at_full_resolution_are_the_rendered_objects(category):
+    for seed in range(5):
+        caption, scene = sample_prompt_and_scene(category, example_rng("train", seed))
+        masks = scene_masks(caption, scene, 64)                         # (2, 64, 64)
+        image = render_scene_array(scene).astype(np.int32)              # (64, 64, 3)
+        drawn = np.any(image != np.asarray(BACKGROUND_RGB), axis=-1)
+        # every drawn pixel belongs to exactly the masks' support, and masks never overlap
+        assert np.array_equal(masks.sum(0) > 0, drawn)
+        assert masks.max() <= 1.0 and (masks[0] * masks[1]).max() == 0.0
+        total = sum(float(np.asarray(_coverage(s)).sum()) for s in scene.shapes)
+        assert masks.sum() == pytest.approx(total, rel=1e-6)
+        # a named colour is the colour of the pixels fully inside that entity's mask
+        for entity, obj in enumerate(_parsed_objects(caption)):
+            if obj.color is not None:
+                inside = image[masks[entity] == 1.0]
+                assert (inside == np.asarray(COLORS[obj.color])).all()
+
+
+def _coverage(spec):
+    from pictor.data.shapes import shape_coverage
+    return shape_coverage(spec.shape, spec.size_px)
+
+
+def _parsed_objects(caption):
+    from pictor.data.shapes import parse_prompt
+    return parse_prompt(caption).objects
+
+
+def test_masks_are_area_averages_at_lower_resolution():
+    caption, scene = sample_prompt_and_scene("position", example_rng("train", 3))
+    full = scene_masks(caption, scene, 64)
+    low = scene_masks(caption, scene, 16)
+    assert low.shape == (2, 16, 16)
+    assert np.allclose(low, full.reshape(2, 16, 4, 16, 4).mean(axis=(2, 4)))
+    with pytest.raises(ValueError, match="does not divide"):
+        scene_masks(caption, scene, 12)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    transformers = pytest.importorskip("transformers")
+    from pictor.text.encoders import minilm_path
+    return transformers.AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+
+
+def test_table_of_a_synth_folder(tmp_path, tokenizer):
+    data = tmp_path / "shapes"
+    synthesize(data, 24, seed=0, workers=1, progress=False)
+    meta = data / "metadata.jsonl"
+    records = [json.loads(line) for line in meta.read_text().splitlines()]
+    records[5]["text"] = "a red circle"  # an edited caption no longer matches its scene
+    meta.write_text("".join(json.dumps(r) + "\n" for r in records))
+    dataset = open_dataset(data)
+    lines: list[str] = []
+    table = build_grounding_table(dataset, tokenizer, max_length=32, resolution=16,
+                                  log=lines.append)
+    assert table.skipped == 1 and "23 of 24 examples" in lines[0]
+    assert (table.tokens[5] == -1).all()
+    for i, rec in enumerate(records):
+        if i == 5:
+            continue
+        ids = tokenizer(rec["text"])["input_ids"]
+        used = table.tokens[i] >= 0
+        words = {}
+        for pos, ent in zip(table.tokens[i][used].tolist(), table.entity[i][used].tolist(),
+                            strict=True):
+            words.setdefault(ent, []).append(tokenizer.convert_ids_to_tokens(ids[pos]))
+        expected = {}
+        for a, b, ent in object_words(rec["text"]):
+            expected.setdefault(ent, []).extend(tokenizer.tokenize(rec["text"][a:b]))
+        assert words == expected, rec["text"]
+        _, scene = sample_prompt_and_scene(rec["category"], example_rng("train", rec["seed"]))
+        want = np.rint(scene_masks(rec["text"], scene, 16) * 255).astype(np.uint8)
+        assert np.array_equal(table.masks[i].numpy(), want)
+
+
+def test_table_needs_shapes_world_ground_truth(tmp_path, tokenizer):
+    data = tmp_path / "shapes"
+    synthesize(data, 4, seed=0, workers=1, progress=False)
+    meta = data / "metadata.jsonl"
+    records = [json.loads(line) for line in meta.read_text().splitlines()]
+    meta.write_text("".join(json.dumps({"file_name": r["file_name"], "text": r["text"]}) + "\n"
+                            for r in records))
+    with pytest.raises(ValueError, match="grounding_loss_weight"):
+        build_grounding_table(open_dataset(data), tokenizer, max_length=32, resolution=16)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss
+# ----------------------------------------------------------------------------------------------
+
+
+def _square_mask(side: int, top: int, left: int, size: int) -> torch.Tensor:
+    m = torch.zeros(side, side)
+    m[top:top + size, left:left + size] = 1.0
+    return m
+
+
+def test_loss_is_zero_when_attention_stays_in_the_mask_and_closed_form_when_uniform():
+    side, length = 8, 5
+    masks = torch.stack([_square_mask(side, 0, 0, 4), _square_mask(side, 4, 4, 2)])[None]
+    tokens = torch.tensor([[1, 3, -1]])
+    entity = torch.tensor([[0, 1, 0]])
+    inside = torch.zeros(1, side * side, length)
+    inside[0, :, 1] = masks[0, 0].flatten() / masks[0, 0].sum()
+    inside[0, :, 3] = masks[0, 1].flatten() / masks[0, 1].sum()
+    assert grounding_loss([inside], tokens, entity, masks).item() == pytest.approx(0.0, abs=1e-7)
+    uniform = torch.full((1, side * side, length), 1.0 / (side * side))
+    want = ((1 - 16 / 64) ** 2 + (1 - 4 / 64) ** 2) / 2
+    assert grounding_loss([uniform], tokens, entity, masks).item() == pytest.approx(want)
+    # all attention outside: 1 per pair
+    outside = torch.zeros(1, side * side, length)
+    outside[0, -1, 1] = 1.0
+    outside[0, 0, 3] = 1.0
+    assert grounding_loss([outside], tokens, entity, masks).item() == pytest.approx(1.0)
+    # layers are averaged; a 4x4 layer sees the area-averaged mask
+    coarse = torch.full((1, 16, length), 1.0 / 16)
+    both = grounding_loss([uniform, coarse], tokens, entity, masks).item()
+    assert both == pytest.approx(want)  # area shares do not change under area averaging
+
+
+def test_loss_skips_dropped_captions_and_unused_pairs_but_keeps_a_graph():
+    probs = torch.full((2, 16, 4), 1 / 16, requires_grad=True)
+    masks = torch.zeros(2, 2, 4, 4)
+    masks[:, 0, :2, :2] = 1.0
+    tokens = torch.tensor([[1, -1], [2, -1]])
+    entity = torch.zeros(2, 2, dtype=torch.int64)
+    one = grounding_loss([probs], tokens, entity, masks, keep=torch.tensor([True, False]))
+    assert one.item() == pytest.approx((1 - 4 / 16) ** 2)
+    none = grounding_loss([probs], tokens, entity, masks, keep=torch.tensor([False, False]))
+    assert none.item() == 0.0
+    none.backward()  # a graph, so the training step's backward works on such a batch
+    assert probs.grad is not None and probs.grad.abs().sum() == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Recording the cross-attention
+# ----------------------------------------------------------------------------------------------
+
+
+def test_recorded_cross_attention_matches_the_fused_path():
+    torch.manual_seed(0)
+    attn = CrossAttention(16, 12, num_heads=2)
+    x, ctx = torch.randn(3, 64, 16), torch.randn(3, 5, 12)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False], [False] * 5])
+    fused = attn(x, ctx, mask)
+    with record_cross_attention(attn, min_resolution=8) as records:
+        recorded = attn(x, ctx, mask)
+        attn(x[:, :16], ctx, mask)  # a 4x4 map: below min_resolution, not recorded
+    assert torch.allclose(recorded, fused, atol=1e-5)
+    assert len(records) == 1 and records[0].shape == (3, 64, 5)
+    probs = records[0]
+    assert torch.allclose(probs[0].sum(-1), torch.ones(64))
+    assert torch.allclose(probs[1].sum(-1), torch.ones(64)) and probs[1][:, 3:].abs().max() == 0
+    assert probs[2].abs().max() == 0 and torch.isfinite(recorded).all()  # no key: no attention
+    assert attn.record is None  # the recorder is detached on exit
+    # under bf16 autocast the probabilities stay float32, and gradients reach q and kv
+    with torch.autocast("cpu", dtype=torch.bfloat16), record_cross_attention(attn) as records:
+        attn(x, ctx, mask)
+    assert records[0].dtype == torch.float32
+    records[0][:, :, 0].sum().backward()
+    assert attn.q.weight.grad.abs().sum() > 0 and attn.kv.weight.grad.abs().sum() > 0
