@@ -244,11 +244,13 @@ class Pipeline:
 
     def run_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                  mask: torch.Tensor) -> torch.Tensor:
-        """The U-Net's prediction (x's shape and dtype), computed in the compute dtype."""
+        """The U-Net's prediction (x's shape and dtype), computed in the compute dtype; context
+        as `conditions` returns it (through the text adapter already)."""
         dtype = COMPUTE_DTYPES[self.compute_dtype]
         if dtype == x.dtype:
-            return self.unet(x, t, context, mask)
-        return self.unet(x.to(dtype), t, context.to(dtype), mask).to(x.dtype)
+            return self.unet(x, t, context, mask, context_prepared=True)
+        return self.unet(x.to(dtype), t, context.to(dtype), mask,
+                         context_prepared=True).to(x.dtype)
 
     # ------------------------------------------------------------------ text
     @property
@@ -322,11 +324,18 @@ class Pipeline:
         return EmbeddingDiskCache(root, f"{identity}|device={self.device.type}")
 
     def conditions(self, prompt: str, negative_prompt: str = "") -> tuple[dict, dict]:
-        """cond and uncond dicts (batch 1) trimmed to the longest real token run of the two."""
+        """cond and uncond dicts (batch 1) trimmed to the longest real token run of the two,
+        their tokens already through the U-Net's text adapter if it has one (run_unet passes
+        context_prepared=True, so the adapter runs once per prompt, not once per step)."""
         (ce, cm), (ue, um) = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         length = max(1, int(cm.sum()), int(um.sum()))
-        return ({"context": ce[:, :length], "mask": cm[:, :length]},
-                {"context": ue[:, :length], "mask": um[:, :length]})
+        ce, cm, ue, um = ce[:, :length], cm[:, :length], ue[:, :length], um[:, :length]
+        if self.unet.text_adapter is not None:
+            dtype = COMPUTE_DTYPES[self.compute_dtype]
+            with torch.inference_mode():
+                ce = self.unet.prepare_context(ce.to(dtype), cm).to(ce.dtype)
+                ue = self.unet.prepare_context(ue.to(dtype), um).to(ue.dtype)
+        return {"context": ce, "mask": cm}, {"context": ue, "mask": um}
 
     # ------------------------------------------------------------------ sampling
     def denoiser(self) -> Denoiser:

@@ -197,3 +197,39 @@ def test_bad_inputs_raise_value_errors(pipe, model_dir, tmp_path):
     shutil.copy(model_dir / "config.yaml", partial / "config.yaml")
     with pytest.raises(ValueError, match="unet.safetensors"):
         load_pipeline(partial)
+
+
+def test_text_adapter_runs_once_per_prompt_and_gives_the_per_step_result(model_dir, tmp_path):
+    import dataclasses
+
+    from pictor.networks.io import load_module, save_module
+    from pictor.networks.unet import UNet, UNetConfig
+
+    adapted_dir = tmp_path / "adapted"
+    shutil.copytree(model_dir, adapted_dir)
+    plain = load_module(UNet, UNetConfig, adapted_dir / "unet.safetensors")
+    config = dataclasses.replace(plain.config, text_adapter_layers=1)
+    unet = UNet(config)
+    unet.load_state_dict(plain.state_dict(), strict=False)
+    torch.manual_seed(0)
+    for p in unet.text_adapter.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    save_module(unet, config, adapted_dir / "unet.safetensors")
+
+    pipe = load_pipeline(adapted_dir)
+    pipe.set_compute_dtype("float32")
+    calls = []
+    pipe.unet.text_adapter.register_forward_hook(lambda *_: calls.append(1))
+    first = pixels(pipe.generate(PROMPT, num_images=2, num_steps=4))
+    assert len(calls) == 2  # the prompt and the empty negative prompt, not once per step
+    assert all(np.array_equal(a, b) for a, b in
+               zip(first, pixels(pipe.generate(PROMPT, num_images=2, num_steps=4)), strict=True))
+    # the prepared tokens give what the U-Net computes from the raw ones
+    cond, _ = pipe.conditions(PROMPT)
+    emb, mask = pipe.encode_prompt(PROMPT)
+    length = cond["mask"].shape[1]
+    x, t = torch.randn(1, *pipe.latent_shape), torch.tensor([500.0])
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.run_unet(x, t, cond["context"], cond["mask"]),
+                                   pipe.unet(x, t, emb[:, :length], mask[:, :length]))
+    assert not torch.allclose(cond["context"], emb[:, :length])  # the adapter did something

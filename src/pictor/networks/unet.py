@@ -53,6 +53,7 @@ from pictor.networks.layers import (
     UPSAMPLE_MODES,
     Downsample,
     ResBlock,
+    TextAdapter,
     TransformerBlock,
     Upsample,
     UpsampleMode,
@@ -96,6 +97,9 @@ class UNetConfig:
     # frequencies of its Fourier features (layers.position_features); 0 = none (the network
     # knows where a pixel is only through the convolutions' zero padding).
     position_frequencies: int = 0
+    # Trainable transformer layers over the text tokens before the U-Net reads them
+    # (layers.TextAdapter; heads = context_dim // head_dim); 0 = the frozen tokens as they are.
+    text_adapter_layers: int = 0
     # Width of the timestep embedding; None -> 4 * channels[0] (ADM).
     time_embed_dim: int | None = None
     # Upper bound on GroupNorm groups (the largest divisor of the channel count <= this is used).
@@ -136,6 +140,12 @@ class UNetConfig:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
         if self.in_channels < 1 or self.out_channels < 1:
             raise ValueError("in_channels and out_channels must be >= 1")
+        if self.text_adapter_layers < 0:
+            raise ValueError(f"text_adapter_layers must be >= 0, got {self.text_adapter_layers}")
+        if self.text_adapter_layers and (self.context_dim is None
+                                         or self.context_dim % self.head_dim):
+            raise ValueError(f"a text adapter needs context_dim ({self.context_dim}) divisible "
+                             f"by head_dim ({self.head_dim})")
         if self.position_frequencies < 0:
             raise ValueError(f"position_frequencies must be >= 0, got {self.position_frequencies}")
 
@@ -204,6 +214,9 @@ class UNet(nn.Module):
         else:
             self.null_context = None
             self.pool_proj = None
+        self.text_adapter = (
+            TextAdapter(cfg.context_dim, cfg.text_adapter_layers, cfg.context_dim // cfg.head_dim)
+            if cfg.text_adapter_layers and cfg.context_dim is not None else None)
 
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         extra = cfg.extra_up_block
@@ -267,12 +280,22 @@ class UNet(nn.Module):
                              f"{tuple(context_mask.shape)}")
         return context, context_mask
 
+    def prepare_context(self, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """The text tokens as the U-Net's blocks read them: through the text adapter if there is
+        one. forward(..., context_prepared=True) skips this, so a sampler can run it once per
+        prompt instead of once per step. context: (B, L, D) -> (B, L, D)."""
+        if self.text_adapter is None:
+            return context
+        return self.text_adapter(context, context_mask)
+
     def forward(
         self,
         x: torch.Tensor,
         t: torch.Tensor,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        *,
+        context_prepared: bool = False,
     ) -> torch.Tensor:
         cfg = self.config
         b, c, height, width = x.shape  # (B, C_in, H, W)
@@ -284,7 +307,10 @@ class UNet(nn.Module):
             t = t.expand(b)
         if t.shape != (b,):
             raise ValueError(f"t must have shape (B,) = ({b},), got {tuple(t.shape)}")
+        given = context is not None
         context, context_mask = self._text_inputs(b, context, context_mask)
+        if context is not None and not (given and context_prepared):
+            context = self.prepare_context(context, context_mask)
 
         emb = self.time_mlp(timestep_embedding(t, cfg.channels[0]).to(x.dtype))  # (B, E)
         if self.pool_proj is not None:

@@ -159,3 +159,23 @@ def test_position_embedding_starts_at_zero_and_breaks_translation_symmetry():
     assert torch.allclose(plain_out, plain_out[..., :1, :1].expand_as(plain_out), atol=1e-5)
     out = block(flat)
     assert not torch.allclose(out[..., 0, 0], out[..., 3, 3], atol=1e-3)
+
+
+def test_text_adapter_mixes_real_tokens_only():
+    from pictor.networks.layers import TextAdapter
+
+    torch.manual_seed(0)
+    adapter = TextAdapter(16, num_layers=2, num_heads=2)
+    x = torch.randn(2, 6, 16)
+    mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
+    torch.testing.assert_close(adapter(x, mask), x)  # zero-initialised residual branches
+    for p in adapter.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    out = adapter(x, mask)
+    assert not torch.allclose(out, x)
+    changed = x.clone()
+    changed[0, 4:] = 50.0  # padding: the real tokens' outputs do not move
+    torch.testing.assert_close(adapter(changed, mask)[0, :4], out[0, :4])
+    changed = x.clone()
+    changed[0, 3] = torch.randn(16)  # a real token: every real token's output moves
+    assert not torch.allclose(adapter(changed, mask)[0, 0], out[0, 0])

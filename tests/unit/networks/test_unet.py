@@ -157,3 +157,35 @@ def test_fits_a_fixed_batch_despite_zero_init():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
+
+
+ADAPTED = dataclasses.replace(TINY, context_dim=16, text_adapter_layers=2)
+
+
+def test_untrained_text_adapter_is_the_identity_and_prepared_context_is_the_same_pass():
+    torch.manual_seed(0)
+    model = UNet(ADAPTED)
+    plain = UNet(dataclasses.replace(ADAPTED, text_adapter_layers=0))
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(k.startswith("text_adapter.") for k in unexpected)
+    x, t, context, mask = inputs(ADAPTED)
+    torch.testing.assert_close(model(x, t, context, mask), plain(x, t, context, mask))
+    # trained (here: random) adapter weights change the output, padding still does not, and
+    # running the adapter once up front gives the same pass
+    for p in model.text_adapter.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    out = model(x, t, context, mask)
+    assert not torch.allclose(out, plain(x, t, context, mask))
+    garbage = context.clone()
+    garbage[~mask] = 1e3
+    torch.testing.assert_close(model(x, t, garbage, mask), out)
+    prepared = model.prepare_context(context, mask)
+    torch.testing.assert_close(model(x, t, prepared, mask, context_prepared=True), out)
+    assert model(x, t, None, None).shape == out.shape  # the null token goes through it too
+
+
+def test_text_adapter_config_errors():
+    with pytest.raises(ValueError, match="divisible by head_dim"):
+        dataclasses.replace(TINY, text_adapter_layers=1)  # context_dim 12, head_dim 8
+    with pytest.raises(ValueError, match="text_adapter_layers"):
+        dataclasses.replace(ADAPTED, text_adapter_layers=-1)
