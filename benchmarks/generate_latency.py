@@ -5,14 +5,17 @@ classifier-free guidance (cond and uncond batched in one forward pass), one prom
 its defaults (compute dtype "auto": bfloat16 where the CPU has it; guidance interval sigma >= 1:
 the last steps skip the unconditional pass), guided at every step, and in float32 guided at every
 step, which is what the diffusers pipeline does (fp32):
-- in process: one image (median of --runs calls, after a warm-up call; text embeddings are
-  cached per prompt, as in a server), and a batch of --batch-size images;
+- in process: one image (median of --runs calls, after --warm-up untimed calls, by which our
+  pipeline runs a TorchScript trace of its U-Net, bit-identical to eager; text embeddings are
+  cached per prompt, as in a server), the same with the eager U-Net (what a one-image process
+  runs), and a batch of --batch-size images;
 - cold start: wall time of a whole `pictor generate PROMPT -n 1` process (imports, model and
   text-encoder loading, sampling, PNG writing), median of --cold-runs subprocesses, with a
   prompt no earlier process has seen and the compiled text encoder an earlier run saved
   (pictor.text.compiled); also each with an empty cache (the first run after installing), and
   when an earlier process stored the prompt's embedding (PICTOR_CACHE_DIR);
-- diffusers: UNet2DConditionModel (parameters within 10% of ours, cross-attention at the same
+- diffusers: UNet2DConditionModel (parameters within 10% of ours without the text adapter, which
+  runs once per prompt; cross-attention at the same
   levels; benchmarks/train_throughput.diffusers_unet) + AutoencoderKL decoding the same latent
   shape + DPMSolverMultistepScheduler (dpmsolver++, order 2, trailing spacing, zero final
   sigma) with the same number of steps and batch, random weights and a random text context of
@@ -46,12 +49,19 @@ def num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def unet_params(unet: torch.nn.Module) -> int:
+    """Our U-Net's parameters without its text adapter, which runs once per prompt (like the
+    text encoder) and whose input the diffusers U-Net is given instead."""
+    adapter = getattr(unet, "text_adapter", None)
+    return num_params(unet) - (num_params(adapter) if adapter is not None else 0)
+
+
 def matched_diffusers_unet(pipe, max_gap: float = 0.10) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """diffusers UNet with our widths rounded to multiples of 32 and the lowest-resolution width
     chosen so that the parameter counts match best; ValueError if not within max_gap (10%)."""
     cfg = pipe.unet.config
     c, h, _ = pipe.latent_shape
-    ours = num_params(pipe.unet)
+    ours = unet_params(pipe.unet)
     head_dim = cfg.head_dim
     base = [max(32, round(w / 32) * 32) for w in cfg.channels]
     best: tuple[float, Any, tuple[int, ...]] | None = None
@@ -130,8 +140,9 @@ class DiffusersSampler:
         return self.decode(self.denoise(n))
 
 
-def timed(fn, num_runs: int) -> list[float]:
-    fn()  # warm-up
+def timed(fn, num_runs: int, warm_up: int = 1) -> list[float]:
+    for _ in range(warm_up):
+        fn()
     seconds = []
     for _ in range(num_runs):
         start = time.perf_counter()
@@ -184,6 +195,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batch-runs", type=int, default=3, help="timed batch calls")
     parser.add_argument("--cold-runs", type=int, default=3, help="`pictor generate` processes")
+    parser.add_argument("--warm-up", type=int, default=4,
+                        help="untimed calls before each in-process measurement (ours and "
+                             "diffusers alike): the steady state of a process that keeps "
+                             "generating, by which ours has traced its U-Net")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=2)
@@ -207,15 +222,20 @@ def main() -> None:
         return lambda: pipeline.generate(PROMPT, num_images=k, seed=0, num_steps=steps,
                                          guidance_scale=args.guidance, **options)
 
+    eager = load_pipeline(args.model)
+    eager.trace_after_calls = None  # what a one-image process runs (pictor.pipeline)
+    w = args.warm_up
     env_before = environment()
     runs = {
-        "ours_1": timed(ours(1), args.runs),
-        "ours_1_every_step": timed(ours(1, guidance_interval=None), args.runs),
-        "ours_1_float32_every_step": timed(ours(1, pipe32, guidance_interval=None), args.runs),
-        "diffusers_1": timed(lambda: ref(1), args.runs),
-        "diffusers_unet_loop_1": timed(lambda: ref.denoise(1), args.runs),
-        f"ours_{n}": timed(ours(n), args.batch_runs),
-        f"diffusers_{n}": timed(lambda: ref(n), args.batch_runs),
+        "ours_1": timed(ours(1), args.runs, w),
+        "ours_1_eager": timed(ours(1, eager), args.runs, w),
+        "ours_1_every_step": timed(ours(1, guidance_interval=None), args.runs, w),
+        "ours_1_float32_every_step": timed(ours(1, pipe32, guidance_interval=None), args.runs,
+                                           w),
+        "diffusers_1": timed(lambda: ref(1), args.runs, w),
+        "diffusers_unet_loop_1": timed(lambda: ref.denoise(1), args.runs, w),
+        f"ours_{n}": timed(ours(n), args.batch_runs, w),
+        f"diffusers_{n}": timed(lambda: ref(n), args.batch_runs, w),
         **{f"cold_start_ours_{c}_cache": cold_start_seconds(args.model, args.cold_runs,
                                                             args.threads, cache=c)
            for c in COLD_CACHES},
@@ -234,7 +254,8 @@ def main() -> None:
             med["diffusers_1"] / med["ours_1_float32_every_step"], 2),
         "compute_dtype": pipe.compute_dtype,
         "speedup_batch": round(med[f"diffusers_{n}"] / med[f"ours_{n}"], 2),
-        "ours_num_params": num_params(pipe.unet),
+        "ours_num_params": unet_params(pipe.unet),
+        "ours_text_adapter_num_params": num_params(pipe.unet) - unet_params(pipe.unet),
         "diffusers_unet_num_params": num_params(ref.unet),
         "diffusers_vae_num_params": num_params(ref.vae),
         "diffusers_block_out_channels": list(ref.widths),
@@ -242,6 +263,9 @@ def main() -> None:
     rows = [
         ["ours, 1 image", f"{med['ours_1'] * 1e3:.0f}", f"{med['ours_1'] * 1e3:.0f}",
          f"{results['speedup_single']:.2f}x"],
+        ["ours, 1 image, eager U-Net (not traced: a one-image `pictor generate`)",
+         f"{med['ours_1_eager'] * 1e3:.0f}", f"{med['ours_1_eager'] * 1e3:.0f}",
+         f"{med['diffusers_1'] / med['ours_1_eager']:.2f}x"],
         ["ours, 1 image, guided at every step (no guidance interval)",
          f"{med['ours_1_every_step'] * 1e3:.0f}", f"{med['ours_1_every_step'] * 1e3:.0f}",
          f"{results['speedup_single_every_step']:.2f}x"],
@@ -285,7 +309,8 @@ def main() -> None:
         f"({results['ours_num_params'] / 1e6:.2f}M U-Net parameters, diffusion on "
         f"{tuple(pipe.latent_shape)}), {args.threads} threads, {env_before['cpu']}, torch "
         f"{env_before['torch']}. In-process medians of {args.runs} calls (batch: "
-        f"{args.batch_runs}); cold start = a whole `pictor generate -n 1` process, median of "
+        f"{args.batch_runs}) after {args.warm_up} untimed calls each (ours then runs its "
+        f"traced U-Net, TRACE_AFTER_CALLS in pictor.pipeline); cold start = a whole `pictor generate -n 1` process, median of "
         f"{args.cold_runs}. diffusers: UNet2DConditionModel {tuple(ref.widths)} "
         f"({results['diffusers_unet_num_params'] / 1e6:.2f}M) + AutoencoderKL "
         f"({results['diffusers_vae_num_params'] / 1e6:.2f}M) + DPMSolverMultistepScheduler, "

@@ -233,3 +233,19 @@ def test_text_adapter_runs_once_per_prompt_and_gives_the_per_step_result(model_d
         torch.testing.assert_close(pipe.run_unet(x, t, cond["context"], cond["mask"]),
                                    pipe.unet(x, t, emb[:, :length], mask[:, :length]))
     assert not torch.allclose(cond["context"], emb[:, :length])  # the adapter did something
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_traced_unet_gives_the_same_pixels_as_eager(model_dir, dtype):
+    eager = load_pipeline(model_dir)
+    eager.set_compute_dtype(dtype)
+    eager.trace_after_calls = None
+    traced = load_pipeline(model_dir)
+    traced.set_compute_dtype(dtype)
+    traced.trace_after_calls = 2
+    for prompt, n in ((PROMPT, 1), ("two stars", 3), ("", 1)):
+        want = pixels(eager.generate(prompt, num_images=n, seed=5, num_steps=6))
+        got = pixels(traced.generate(prompt, num_images=n, seed=5, num_steps=6))
+        assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True)), prompt
+    assert traced._traces and all(v is not None for v in traced._traces.values())
+    assert not eager._traces
