@@ -323,8 +323,14 @@ class TransformerBlock(nn.Module):
         mlp_ratio: float = 4.0,
         zero_init: bool = False,
         position_frequencies: int = 0,
+        cross_attention_only: bool = False,
     ) -> None:
         super().__init__()
+        # cross_attention_only: no self-attention and no MLP, only the text read by the pixels
+        # (the cheap block for high resolutions, where self-attention over H*W pixels costs
+        # most of a pass).
+        if cross_attention_only and context_dim is None:
+            raise ValueError("a cross-attention-only block needs a context_dim")
         # Optional absolute position: a linear map of the pixels' 2-D Fourier features
         # (position_features) added to the tokens before the attention, so that self-attention
         # and the cross-attention queries know where in the image a pixel is. Convolutions with
@@ -334,21 +340,23 @@ class TransformerBlock(nn.Module):
         self.position_frequencies = position_frequencies
         self.pos = (zero_(nn.Linear(4 * position_frequencies, channels))
                     if position_frequencies > 0 else None)
-        self.norm1 = nn.LayerNorm(channels)
-        self.self_attn = SelfAttention(channels, num_heads)
+        full = not cross_attention_only
+        self.norm1 = nn.LayerNorm(channels) if full else None
+        self.self_attn = SelfAttention(channels, num_heads) if full else None
         if context_dim is not None:
             self.norm2 = nn.LayerNorm(channels)
             self.cross_attn = CrossAttention(channels, context_dim, num_heads)
         else:
             self.norm2 = None
             self.cross_attn = None
-        self.norm3 = nn.LayerNorm(channels)
+        self.norm3 = nn.LayerNorm(channels) if full else None
         hidden = int(channels * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(approximate="tanh"),
-                                 nn.Linear(hidden, channels))
+        self.mlp = (nn.Sequential(nn.Linear(channels, hidden), nn.GELU(approximate="tanh"),
+                                  nn.Linear(hidden, channels)) if full else None)
         if zero_init:
-            zero_(self.self_attn.out)
-            zero_(self.mlp[-1])
+            if full:
+                zero_(self.self_attn.out)
+                zero_(self.mlp[-1])
             if self.cross_attn is not None:
                 zero_(self.cross_attn.out)
 
@@ -364,12 +372,14 @@ class TransformerBlock(nn.Module):
             feats = position_features(height, width, self.position_frequencies,
                                       device=h.device, dtype=h.dtype)  # (N, 4F)
             h = h + self.pos(feats)  # broadcast over B
-        h = h + self.self_attn(self.norm1(h))
+        if self.self_attn is not None:
+            h = h + self.self_attn(self.norm1(h))
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention; pass context (B, L, D)")
             h = h + self.cross_attn(self.norm2(h), context, context_mask)
-        h = h + self.mlp(self.norm3(h))
+        if self.mlp is not None:
+            h = h + self.mlp(self.norm3(h))
         return h.transpose(1, 2).reshape(b, c, height, width)  # (B, C, H, W)
 
 

@@ -83,6 +83,10 @@ class UNetConfig:
     # (self-attention + cross-attention to the text + MLP). Attention at the lowest resolutions
     # is cheap (few tokens) and is where global layout (counting, left/right) is decided.
     attention_levels: tuple[int, ...] = (1, 2)
+    # Levels (a subset of attention_levels) whose TransformerBlocks only read the text:
+    # cross-attention without self-attention and MLP. Self-attention over the 16x16 pixels is
+    # about a quarter of a pass of the shapes model on 2 CPU cores.
+    cross_attention_only_levels: tuple[int, ...] = ()
     # TransformerBlock between the two ResBlocks of the middle (lowest-resolution) stage.
     mid_attention: bool = True
     # Channels per attention head (heads = channels[i] // head_dim).
@@ -129,6 +133,11 @@ class UNetConfig:
         if bad:
             raise ValueError(f"attention_levels {self.attention_levels} has indices outside "
                              f"0..{n - 1}")
+        if not set(self.cross_attention_only_levels) <= set(self.attention_levels):
+            raise ValueError(f"cross_attention_only_levels {self.cross_attention_only_levels} "
+                             f"must be a subset of attention_levels {self.attention_levels}")
+        if self.cross_attention_only_levels and self.context_dim is None:
+            raise ValueError("cross_attention_only_levels need a context_dim")
         attn_widths = [self.channels[i] for i in self.attention_levels]
         if self.mid_attention:
             attn_widths.append(self.channels[-1])
@@ -176,14 +185,15 @@ class _Stage(nn.Module):
     """One ResBlock, optionally followed by a TransformerBlock (a step of the U-Net)."""
 
     def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, emb_dim: int,
-                 attention: bool) -> None:
+                 attention: bool, cross_attention_only: bool = False) -> None:
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, max_groups=cfg.max_norm_groups,
                             dropout=cfg.dropout, zero_init=cfg.zero_init_residual)
         self.attn = (
             TransformerBlock(out_ch, cfg.context_dim, out_ch // cfg.head_dim,
                              mlp_ratio=cfg.mlp_ratio, zero_init=cfg.zero_init_residual,
-                             position_frequencies=cfg.position_frequencies)
+                             position_frequencies=cfg.position_frequencies,
+                             cross_attention_only=cross_attention_only)
             if attention else None
         )
 
@@ -227,7 +237,8 @@ class UNet(nn.Module):
         for i, c in enumerate(ch):
             stages = nn.ModuleList()
             for _ in range(cfg.blocks_per_level[i]):
-                stages.append(_Stage(c_prev, c, cfg, emb_dim, i in cfg.attention_levels))
+                stages.append(_Stage(c_prev, c, cfg, emb_dim, i in cfg.attention_levels,
+                                     i in cfg.cross_attention_only_levels))
                 c_prev = c
                 skip_channels.append(c)
             self.down.append(stages)
@@ -246,7 +257,8 @@ class UNet(nn.Module):
             stages = nn.ModuleList()
             for _ in range(cfg.blocks_per_level[i] + extra):
                 stages.append(_Stage(c_prev + skip_channels.pop(), ch[i], cfg, emb_dim,
-                                     i in cfg.attention_levels))
+                                     i in cfg.attention_levels,
+                                     i in cfg.cross_attention_only_levels))
                 c_prev = ch[i]
             self.up.append(stages)
             if i > 0:

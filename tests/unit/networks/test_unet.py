@@ -35,6 +35,7 @@ def inputs(cfg: UNetConfig, size: int = 8, batch: int = 2, length: int = 5, seed
     ({"context_dim": None, "attention_levels": ()}, 8),
     ({"out_channels": 8}, 8),  # e.g. predicting a learned variance beside the mean
     ({"position_frequencies": 4}, 8),
+    ({"cross_attention_only_levels": (1,)}, 8),
 ])
 def test_output_shape(changes, size):
     cfg = dataclasses.replace(TINY, **changes)
@@ -121,6 +122,7 @@ def test_bad_inputs_raise_value_error():
     ({"attention_levels": (2,)}, "attention_levels"),
     ({"head_dim": 7}, "head_dim"),
     ({"channels": ()}, "channels"),
+    ({"cross_attention_only_levels": (0,)}, "subset of attention_levels"),
 ])
 def test_bad_config_raises_value_error(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -189,3 +191,18 @@ def test_text_adapter_config_errors():
         dataclasses.replace(TINY, text_adapter_layers=1)  # context_dim 12, head_dim 8
     with pytest.raises(ValueError, match="text_adapter_layers"):
         dataclasses.replace(ADAPTED, text_adapter_layers=-1)
+
+
+def test_cross_attention_only_blocks_read_the_text_and_nothing_else():
+    cfg = dataclasses.replace(TINY, cross_attention_only_levels=(1,))
+    torch.manual_seed(0)
+    model = UNet(cfg)
+    blocks = [m for m in model.modules() if m.__class__.__name__ == "TransformerBlock"]
+    light = [b for b in blocks if b.self_attn is None]
+    assert light and all(b.mlp is None and b.cross_attn is not None for b in light)
+    x, t, context, mask = inputs(cfg)
+    other = context.clone()
+    other[:, 0] += torch.randn(cfg.context_dim)
+    assert not torch.allclose(model(x, t, other, mask), model(x, t, context, mask))
+    full = sum(p.numel() for p in UNet(TINY).parameters())
+    assert sum(p.numel() for p in model.parameters()) < full
