@@ -115,7 +115,11 @@ def _token_pairs(tokenizer, captions: Sequence[str], max_length: int
                     return_offsets_mapping=True)
     for caption, offsets in zip(unique, enc["offset_mapping"], strict=True):
         pairs = []
-        for start, end, entity in object_words(caption):
+        try:
+            words = object_words(caption)
+        except ValueError:  # not of the canonical grammar (an edited caption): nothing to ground
+            words = []
+        for start, end, entity in words:
             for pos, (a, b) in enumerate(offsets):
                 if b > a and a < end and b > start:  # special tokens have empty spans
                     pairs.append((pos, entity))

@@ -94,15 +94,16 @@ def test_table_of_a_synth_folder(tmp_path, tokenizer):
     meta = data / "metadata.jsonl"
     records = [json.loads(line) for line in meta.read_text().splitlines()]
     records[5]["text"] = "a red circle"  # an edited caption no longer matches its scene
+    records[7]["text"] = "a photo of shapes"  # nor does one outside the caption grammar
     meta.write_text("".join(json.dumps(r) + "\n" for r in records))
     dataset = open_dataset(data)
     lines: list[str] = []
     table = build_grounding_table(dataset, tokenizer, max_length=32, resolution=16,
                                   log=lines.append)
-    assert table.skipped == 1 and "23 of 24 examples" in lines[0]
-    assert (table.tokens[5] == -1).all()
+    assert table.skipped == 2 and "22 of 24 examples" in lines[0]
+    assert (table.tokens[5] == -1).all() and (table.tokens[7] == -1).all()
     for i, rec in enumerate(records):
-        if i == 5:
+        if i in (5, 7):
             continue
         ids = tokenizer(rec["text"])["input_ids"]
         used = table.tokens[i] >= 0
