@@ -195,12 +195,18 @@ def attention(
         return F.scaled_dot_product_attention(q, k, v)
     if key_mask.dtype != torch.bool:
         raise ValueError(f"key_mask must be a bool tensor, got {key_mask.dtype}")
-    has_key = key_mask.any(dim=1)  # (B,)
+    safe_mask, has_key = _safe_key_mask(key_mask)
     if bool(has_key.all()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
-    safe_mask = key_mask | ~has_key[:, None]  # (B, L): empty rows attend everywhere, zeroed below
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe_mask[:, None, None, :])
     return out * has_key[:, None, None, None].to(out.dtype)
+
+
+def _safe_key_mask(key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(safe_mask (B, L), has_key (B,)): rows without a real key attend everywhere in safe_mask
+    (no empty softmax); the caller zeroes their output with has_key."""
+    has_key = key_mask.any(dim=1)
+    return key_mask | ~has_key[:, None], has_key
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -272,8 +278,7 @@ class CrossAttention(nn.Module):
         with torch.autocast(q.device.type, enabled=False):  # float32 even under autocast
             logits = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
             if key_mask is not None:  # rows with no key attend to nothing, as in `attention`
-                has_key = key_mask.any(dim=1)
-                safe = key_mask | ~has_key[:, None]
+                safe, has_key = _safe_key_mask(key_mask)
                 logits = logits.masked_fill(~safe[:, None, None, :], float("-inf"))
             probs = logits.softmax(dim=-1)  # (B, heads, N, L)
             if key_mask is not None:
