@@ -65,11 +65,9 @@ def prior_sensitivity(pipe, prompts: list[str], num_seeds: int, t: int) -> float
 
 @torch.no_grad()
 def grounding(pipe, data: Path, num_examples: int, seed: int = 0) -> dict[int, float]:
-    import transformers
-
     from pictor.data.loader import open_dataset
     from pictor.diffusion.forward import q_sample
-    from pictor.text.encoders import minilm_path
+    from pictor.text.encoders import load_tokenizer
     from pictor.training.grounding import (
         build_grounding_table,
         grounding_loss,
@@ -81,7 +79,7 @@ def grounding(pipe, data: Path, num_examples: int, seed: int = 0) -> dict[int, f
     rows = [i for i, c in enumerate(dataset.captions) if parse_prompt(c).relation][:num_examples]
     images = torch.stack([dataset[i]["image"] for i in rows])
     captions = [dataset.captions[i] for i in rows]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    tokenizer = load_tokenizer(pipe.config.text.spec)
     z0 = pipe.codec.encode(images).float()
     table = build_grounding_table(dataset, tokenizer, max_length=pipe.config.text.max_length,
                                   resolution=z0.shape[-1], log=lambda *_: None)

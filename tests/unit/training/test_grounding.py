@@ -83,9 +83,8 @@ def test_masks_are_area_averages_at_lower_resolution():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    transformers = pytest.importorskip("transformers")
-    from pictor.text.encoders import minilm_path
-    return transformers.AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    from pictor.text.encoders import load_tokenizer
+    return load_tokenizer("minilm")
 
 
 def test_table_of_a_synth_folder(tmp_path, tokenizer):
