@@ -31,7 +31,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -68,6 +68,8 @@ ImageEncodeFn = Callable[[torch.Tensor], torch.Tensor]
 class ImageRecord:
     file_name: str  # relative to the data folder
     text: str       # the caption
+    # the record's other keys (e.g. `pictor data synth`'s category and seed)
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 def read_imagefolder(root: str | Path, max_images: int | None = None) -> list[ImageRecord]:
@@ -83,7 +85,9 @@ def read_imagefolder(root: str | Path, max_images: int | None = None) -> list[Im
             continue
         try:
             obj = json.loads(line)
-            rec = ImageRecord(file_name=str(obj["file_name"]), text=str(obj["text"]))
+            rec = ImageRecord(file_name=str(obj["file_name"]), text=str(obj["text"]),
+                              extra={k: v for k, v in obj.items()
+                                     if k not in ("file_name", "text")})
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{meta}:{line_no}: expected a JSON object with 'file_name' and "
                              f"'text' ({e})") from e

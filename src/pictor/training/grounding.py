@@ -32,7 +32,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -164,23 +163,17 @@ def scene_masks(caption: str, scene, resolution: int) -> np.ndarray:
 
 def _synth_records(dataset) -> list[tuple[str, int] | None]:
     """(category, example seed) of each example made by `pictor data synth`, else None."""
-    from pictor.data.loader import METADATA_FILE, ShardDataset
+    from pictor.data.loader import ShardDataset
     from pictor.data.shards import read_shards
 
-    n = len(dataset)
     if isinstance(dataset, ShardDataset):
         extras = read_shards(dataset.root, ["extra"], dataset.max_images).column(
             "extra").to_pylist()
         raw = [json.loads(e) if e else {} for e in extras]
-    else:
-        raw = []
-        for line in (Path(dataset.root) / METADATA_FILE).read_text().splitlines():
-            if line.strip():
-                raw.append(json.loads(line))
-            if len(raw) >= n:
-                break
+    else:  # ImageFolderDataset: the metadata.jsonl keys besides file_name and text
+        raw = [rec.extra for rec in dataset.records]
     out: list[tuple[str, int] | None] = []
-    for obj in raw[:n]:
+    for obj in raw:
         category, seed = obj.get("category"), obj.get("seed")
         ok = isinstance(category, str) and isinstance(seed, int)
         out.append((category, seed) if ok else None)
