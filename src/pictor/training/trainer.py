@@ -18,6 +18,7 @@ Per example (Ho et al. 2020, Alg. 1, with the choices of the config):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -165,16 +166,16 @@ class DiffusionTask:
         noise = draws["noise"].to(dev)                                  # (b, C, h, w)
         x_t = q_sample(x0, t, noise, self.alphas_cumprod)
         dc, tcfg = self.config.diffusion, self.config.training
-        if self.grounding is None:
-            pred = model(x_t, t.float(), context, mask)                 # (b, C, h, w)
-            return diffusion_loss(pred.float(), x0, noise, t, self.alphas_cumprod,
-                                  dc.prediction_type, min_snr_gamma=dc.min_snr_gamma)
         from pictor.training.grounding import grounding_loss, record_cross_attention
 
-        with record_cross_attention(model, tcfg.grounding_min_resolution) as records:
+        recording = (record_cross_attention(model, tcfg.grounding_min_resolution)
+                     if self.grounding is not None else contextlib.nullcontext([]))
+        with recording as records:
             pred = model(x_t, t.float(), context, mask)                 # (b, C, h, w)
         denoise = diffusion_loss(pred.float(), x0, noise, t, self.alphas_cumprod,
                                  dc.prediction_type, min_snr_gamma=dc.min_snr_gamma)
+        if self.grounding is None:
+            return denoise
         tokens, entity, masks = self.grounding.batch(indices, dev)
         ground = grounding_loss(records, tokens, entity, masks, keep=~draws["drop"].to(dev))
         self.loss_terms = {"denoising_loss": float(denoise.detach()),
