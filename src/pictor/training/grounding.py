@@ -181,12 +181,15 @@ def _synth_records(dataset) -> list[tuple[str, int] | None]:
 
 
 def build_grounding_table(dataset, tokenizer, *, max_length: int, resolution: int,
-                          namespace: str = "train", log=print) -> GroundingTable:
+                          namespace: str = "train", log=print,
+                          progress: bool = True) -> GroundingTable:
     """Masks and token pairs for every example of a shapes-world data set (module docstring).
 
     Raises ValueError when no example carries shapes-world ground truth (category and seed),
     i.e. the data was not made by `pictor data synth`: the grounding loss needs object masks.
     """
+    from tqdm import tqdm
+
     from pictor.data.shapes import sample_prompt_and_scene
     from pictor.data.synth import example_rng
 
@@ -205,7 +208,9 @@ def build_grounding_table(dataset, tokenizer, *, max_length: int, resolution: in
     entity = torch.zeros((n, MAX_PAIRS), dtype=torch.int64)
     masks = torch.zeros((n, MAX_ENTITIES, resolution, resolution), dtype=torch.uint8)
     skipped = 0
-    for i, (caption, rec) in enumerate(zip(captions, records, strict=True)):
+    rows = tqdm(enumerate(zip(captions, records, strict=True)), total=n, desc="grounding",
+                unit="img", disable=not progress, mininterval=1.0)
+    for i, (caption, rec) in rows:
         if rec is None:
             skipped += 1
             continue

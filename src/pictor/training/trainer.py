@@ -109,9 +109,9 @@ class DiffusionTask:
         self.grounding = None
         self.loss_terms: dict[str, float] = {}  # the last step's loss parts, for the log
         if tcfg.grounding_loss_weight > 0:
-            self.grounding = self._build_grounding(dataset)
+            self.grounding = self._build_grounding(dataset, dist.is_main and tcfg.progress_bar)
 
-    def _build_grounding(self, dataset):
+    def _build_grounding(self, dataset, progress: bool):
         from pictor.text.encoders import load_tokenizer
         from pictor.training.grounding import build_grounding_table
 
@@ -122,7 +122,8 @@ class DiffusionTask:
                              "text.spec=minilm or training.grounding_loss_weight=0")
         return build_grounding_table(dataset, load_tokenizer(spec),
                                      max_length=self.config.text.max_length,
-                                     resolution=self.x.shape[-1], log=self._log)
+                                     resolution=self.x.shape[-1], log=self._log,
+                                     progress=progress)
 
     def _check_shapes(self) -> None:
         mcfg = self.config.model
