@@ -141,6 +141,9 @@ class TrainingConfig:
     grounding_loss_weight: float = 0.0
     # Cross-attention maps of at least this side (in pixels of the U-Net's input) are grounded.
     grounding_min_resolution: int = 8
+    # Which words are grounded: "all" (each object's colour and shape word) or "color" (only
+    # colour words: the binding of colours to shapes, leaving shape words and counts free).
+    grounding_words: Literal["all", "color"] = "all"
     # Autocast dtype: "auto" uses bf16 on CUDA devices that support it and full precision on
     # CPU; "bf16"/"fp16" force it (fp16 only on CUDA, with loss scaling); "no" disables it.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -80,23 +80,30 @@ class GroundingTable:
 # ----------------------------------------------------------------------------------------------
 
 
-def object_words(caption: str) -> list[tuple[int, int, int]]:
+GROUNDING_WORDS = ("all", "color")  # training.grounding_words: which object words are grounded
+
+
+def object_words(caption: str, words: str = "all") -> list[tuple[int, int, int]]:
     """(start, end, entity) character spans of the words of a canonical shapes-world caption
     that name an object: each object's colour word (if any) and shape word, entity = the
-    object's index in caption order (counting: the plural shape word, entity 0).
+    object's index in caption order (counting: the plural shape word, entity 0). With
+    words="color" only the colour words (uncoloured objects and counting then have none).
 
     ValueError if the caption is not of the canonical grammar (pictor.data.shapes.parse_prompt).
     """
     from pictor.data.shapes import parse_prompt
 
+    if words not in GROUNDING_WORDS:
+        raise ValueError(f"grounding words must be one of {GROUNDING_WORDS}, got {words!r}")
     parsed = parse_prompt(caption)
     text = caption.lower()
     spans: list[tuple[int, int, int]] = []
     cursor = 0
     for entity, obj in enumerate(parsed.objects):
-        words = [obj.color] if obj.color else []
-        words.append(f"{obj.shape}s" if parsed.category == "counting" else obj.shape)
-        for word in words:
+        names = [obj.color] if obj.color else []
+        if words == "all":
+            names.append(f"{obj.shape}s" if parsed.category == "counting" else obj.shape)
+        for word in names:
             m = re.compile(rf"\b{re.escape(word)}\b").search(text, cursor)
             if m is None:  # parse_prompt accepted it, so this cannot happen
                 raise ValueError(f"word {word!r} not found in caption {caption!r}")
@@ -105,7 +112,7 @@ def object_words(caption: str) -> list[tuple[int, int, int]]:
     return spans
 
 
-def _token_pairs(tokenizer, captions: Sequence[str], max_length: int
+def _token_pairs(tokenizer, captions: Sequence[str], max_length: int, words: str = "all"
                  ) -> dict[str, list[tuple[int, int]]]:
     """caption -> [(token position, entity)] from the tokenizer's character offsets."""
     out: dict[str, list[tuple[int, int]]] = {}
@@ -115,10 +122,10 @@ def _token_pairs(tokenizer, captions: Sequence[str], max_length: int
     for caption, offsets in zip(unique, enc["offset_mapping"], strict=True):
         pairs = []
         try:
-            words = object_words(caption)
+            spans = object_words(caption, words)
         except ValueError:  # not of the canonical grammar (an edited caption): nothing to ground
-            words = []
-        for start, end, entity in words:
+            spans = []
+        for start, end, entity in spans:
             for pos, (a, b) in enumerate(offsets):
                 if b > a and a < end and b > start:  # special tokens have empty spans
                     pairs.append((pos, entity))
@@ -181,7 +188,7 @@ def _synth_records(dataset) -> list[tuple[str, int] | None]:
 
 
 def build_grounding_table(dataset, tokenizer, *, max_length: int, resolution: int,
-                          namespace: str = "train", log=print,
+                          words: str = "all", namespace: str = "train", log=print,
                           progress: bool = True) -> GroundingTable:
     """Masks and token pairs for every example of a shapes-world data set (module docstring).
 
@@ -202,7 +209,7 @@ def build_grounding_table(dataset, tokenizer, *, max_length: int, resolution: in
             f"'seed'); {dataset.root} has none. Set training.grounding_loss_weight=0")
     captions = dataset.captions
     pairs = _token_pairs(tokenizer, [c for c, r in zip(captions, records, strict=True) if r],
-                         max_length)
+                         max_length, words)
     n = len(captions)
     tokens = torch.full((n, MAX_PAIRS), -1, dtype=torch.int64)
     entity = torch.zeros((n, MAX_PAIRS), dtype=torch.int64)

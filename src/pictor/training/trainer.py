@@ -122,7 +122,8 @@ class DiffusionTask:
                              "text.spec=minilm or training.grounding_loss_weight=0")
         return build_grounding_table(dataset, load_tokenizer(spec),
                                      max_length=self.config.text.max_length,
-                                     resolution=self.x.shape[-1], log=self._log,
+                                     resolution=self.x.shape[-1],
+                                     words=self.config.training.grounding_words, log=self._log,
                                      progress=progress)
 
     def _check_shapes(self) -> None:

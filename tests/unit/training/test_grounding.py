@@ -23,8 +23,8 @@ from pictor.training.grounding import (
 )
 
 
-def _words(caption: str) -> list[tuple[str, int]]:
-    return [(caption[a:b], e) for a, b, e in object_words(caption)]
+def _words(caption: str, words: str = "all") -> list[tuple[str, int]]:
+    return [(caption[a:b], e) for a, b, e in object_words(caption, words)]
 
 
 def test_object_words_name_each_object_in_caption_order():
@@ -37,6 +37,12 @@ def test_object_words_name_each_object_in_caption_order():
     # the same shape twice: the cursor keeps the second "circle" for the second object
     assert _words("a red circle to the left of a blue circle") == [
         ("red", 0), ("circle", 0), ("blue", 1), ("circle", 1)]
+    # training.grounding_words=color: the colour words only, still bound to their objects
+    assert _words("an orange star and a blue square", "color") == [("orange", 0), ("blue", 1)]
+    assert _words("a square and a triangle", "color") == []
+    assert _words("three stars", "color") == []
+    with pytest.raises(ValueError, match="grounding words must be one of"):
+        object_words("a red circle", "shapes")
     with pytest.raises(ValueError, match="unexpected word"):
         object_words("a red blob")
 
