@@ -144,6 +144,12 @@ class TrainingConfig:
     # Which words are grounded: "all" (each object's colour and shape word) or "color" (only
     # colour words: the binding of colours to shapes, leaving shape words and counts free).
     grounding_words: Literal["all", "color"] = "all"
+    # Stable Target Field (pictor.diffusion.losses.stable_target, Xu et al. 2023): regress on
+    # the posterior mean over this many references with the example's caption (the example
+    # itself and others drawn from the data set; "" for dropped captions draws from all) instead
+    # of the one image. Lowers the target's variance at high noise, where layout is decided.
+    # 0 or 1: off (the plain target).
+    stable_target_references: int = 0
     # Autocast dtype: "auto" uses bf16 on CUDA devices that support it and full precision on
     # CPU; "bf16"/"fp16" force it (fp16 only on CUDA, with loss scaling); "no" disables it.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -514,6 +520,9 @@ def _validate_training(t: TrainingConfig) -> None:
     if t.grounding_loss_weight < 0:
         raise ValueError(f"training.grounding_loss_weight must be >= 0, got "
                          f"{t.grounding_loss_weight}")
+    if t.stable_target_references < 0:
+        raise ValueError(f"training.stable_target_references must be >= 0 (0 = off), got "
+                         f"{t.stable_target_references}")
     if t.grounding_min_resolution < 1:
         raise ValueError(f"training.grounding_min_resolution must be >= 1, got "
                          f"{t.grounding_min_resolution}")

@@ -75,3 +75,37 @@ def diffusion_loss(
         weight = min_snr_weight(snr(alphas_cumprod, t), min_snr_gamma, prediction_type)
         per_sample = per_sample * weight.to(per_sample)
     return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def stable_target(
+    x_t: torch.Tensor, references: torch.Tensor, alpha_bar_t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable Target Field (Xu et al. 2023, eq. 6): lower-variance regression targets.
+
+    The plain target uses the one x0 that made x_t. At high noise x_t says little about which x0
+    that was, so the target is mostly noise around E[x0 | x_t, c]; the model must average it out
+    over many steps. STF replaces x0 by the posterior mean of x0 given x_t when x0 is one of K
+    references (drawn from the same condition, the first being the x0 that made x_t):
+
+        w_j = softmax_j(-|| x_t - sqrt(ab) x0_j ||^2 / (2 (1 - ab))),   x0_bar = sum_j w_j x0_j
+
+    which is the exact denoiser of the K-point empirical distribution. At low noise the weights
+    collapse onto the true x0 (the plain target); at high noise they spread and the target becomes
+    the references' mean. eps_bar = (x_t - sqrt(ab) x0_bar) / sqrt(1 - ab) is the matching noise,
+    so `training_target(kind, x0_bar, eps_bar, ab)` gives the STF target of every parameterisation.
+
+    x_t (B, ...), references (B, K, ...), alpha_bar_t (B,) -> (x0_bar, eps_bar), each like x_t.
+    """
+    if references.ndim != x_t.ndim + 1 or references.shape[0] != x_t.shape[0] \
+            or references.shape[2:] != x_t.shape[1:]:
+        raise ValueError(f"references must be (B, K, ...) for x_t {tuple(x_t.shape)}, got "
+                         f"{tuple(references.shape)}")
+    ab = alpha_bar_t.to(torch.float64)
+    a, s2 = ab.sqrt(), (1.0 - ab)
+    view = (-1, *([1] * (x_t.ndim - 1)))
+    d2 = (x_t.unsqueeze(1).double() - a.reshape(-1, 1, *view[1:]) * references.double()
+          ).pow(2).flatten(2).sum(dim=2)                                    # (B, K)
+    w = torch.softmax(-d2 / (2.0 * s2.reshape(-1, 1)), dim=1)               # (B, K)
+    x0_bar = (w.reshape(*w.shape, *([1] * (x_t.ndim - 1))) * references.double()).sum(dim=1)
+    eps_bar = (x_t.double() - a.reshape(view) * x0_bar) / s2.sqrt().reshape(view)
+    return x0_bar.to(x_t.dtype), eps_bar.to(x_t.dtype)

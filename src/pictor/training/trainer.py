@@ -12,6 +12,8 @@ Per example (Ho et al. 2020, Alg. 1, with the choices of the config):
     t ~ U{0..T-1},  eps ~ N(0, I),  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
     caption c replaced by "" with probability caption_dropout_prob (Ho & Salimans 2022)
     loss = w(t) || f(x_t, t, c) - target ||^2, target eps / v / x0, w = min-SNR-gamma weight
+    (with training.stable_target_references = K > 1 the target is the Stable Target Field one:
+     the posterior mean over K images of the same caption, pictor.diffusion.losses.stable_target)
     (+ grounding_loss_weight x the token loss on the cross-attention maps, from object masks,
      when set: pictor.training.grounding)
 """
@@ -90,6 +92,8 @@ class DiffusionTask:
             build()
         self.caption_rows = self.text.rows(dataset.captions)  # (N,)
         self.num_examples = len(dataset)
+        self.groups = (CaptionGroups(self.caption_rows)
+                       if tcfg.stable_target_references > 1 else None)
         self._check_shapes()
 
         # Seed right before init: loading a text encoder (cache miss) may consume the global RNG.
@@ -151,7 +155,12 @@ class DiffusionTask:
         t = sample_timesteps(batch_size, self.schedule.num_timesteps, generator=generator)
         noise = torch.randn((batch_size, *self.x.shape[1:]), generator=generator)
         drop = torch.rand(batch_size, generator=generator) < self.config.training.caption_dropout_prob
-        return {"t": t, "noise": noise, "drop": drop}  # (B,), (B, C, h, w), (B,)
+        draws = {"t": t, "noise": noise, "drop": drop}  # (B,), (B, C, h, w), (B,)
+        if self.groups is not None:  # uniforms that pick the other STF references: (B, K - 1)
+            k = self.config.training.stable_target_references
+            draws["references"] = torch.rand((batch_size, k - 1), generator=generator,
+                                             dtype=torch.float64)
+        return draws
 
     def loss(self, model: nn.Module, indices: torch.Tensor,
              draws: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -168,6 +177,13 @@ class DiffusionTask:
         noise = draws["noise"].to(dev)                                  # (b, C, h, w)
         x_t = q_sample(x0, t, noise, self.alphas_cumprod)
         dc, tcfg = self.config.diffusion, self.config.training
+        if self.groups is not None:  # the STF target: x0 and eps become posterior means
+            from pictor.diffusion.losses import stable_target
+
+            refs = self.groups.references(indices, draws["references"], draws["drop"])
+            refs = self.x.index_select(0, refs.flatten().to(dev)).reshape(
+                *refs.shape, *x0.shape[1:])                             # (b, K, C, h, w)
+            x0, noise = stable_target(x_t, refs, self.alphas_cumprod[t])
         from pictor.training.grounding import grounding_loss, record_cross_attention
 
         recording = (record_cross_attention(model, tcfg.grounding_min_resolution)
@@ -233,6 +249,32 @@ class DiffusionTask:
         else:
             save_module(ema_module, self.config.model, final / "unet.safetensors")
         save_config(self.config, final / "config.yaml")
+
+
+class CaptionGroups:
+    """The examples of each caption, to draw Stable Target Field references from.
+
+    `references(indices, u, drop)` -> (b, K) example indices: column 0 the example itself, the
+    others drawn uniformly (with replacement) by the uniforms u (b, K - 1) from the examples with
+    the same caption, or from the whole data set where the caption was dropped (the "" condition
+    covers every image).
+    """
+
+    def __init__(self, caption_rows: torch.Tensor) -> None:
+        rows = caption_rows.cpu().long()
+        self.order = torch.argsort(rows, stable=True)                  # examples by caption
+        counts = torch.bincount(rows)
+        starts = torch.cumsum(counts, 0) - counts
+        self.start, self.count = starts[rows], counts[rows]            # per example, (N,)
+
+    def references(self, indices: torch.Tensor, u: torch.Tensor, drop: torch.Tensor
+                   ) -> torch.Tensor:
+        idx = indices.cpu().long()
+        n = len(self.order)
+        start = torch.where(drop.cpu(), 0, self.start[idx])
+        count = torch.where(drop.cpu(), n, self.count[idx])
+        pick = start[:, None] + (u.cpu() * count[:, None]).long().clamp(max=count[:, None] - 1)
+        return torch.cat([idx[:, None], self.order[pick]], dim=1)
 
 
 def init_from_weights(model: nn.Module, source: str | Path, log=print) -> list[str]:

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from pictor.diffusion.forward import q_sample, snr
-from pictor.diffusion.losses import diffusion_loss, min_snr_weight, sample_timesteps
+from pictor.diffusion.losses import (
+    diffusion_loss,
+    min_snr_weight,
+    sample_timesteps,
+    stable_target,
+)
 from pictor.diffusion.parameterization import PREDICTION_TYPES, to_x0, training_target
 from pictor.diffusion.schedules import NoiseSchedule, ScheduleConfig
 
@@ -79,3 +84,48 @@ def test_plain_loss_and_reductions(schedule):
         diffusion_loss(pred, x0, noise, t, schedule.alphas_cumprod, "eps", reduction="sum")
     with pytest.raises(ValueError, match="shape"):
         diffusion_loss(pred[:, :1], x0, noise, t, schedule.alphas_cumprod, "eps")
+
+
+def test_stable_target_is_the_posterior_mean_over_the_references():
+    """STF (Xu et al. 2023): x0_bar = E[x0 | x_t] when x0 is uniform over the K references,
+    computed here independently with Normal log-densities; eps_bar matches x_t exactly."""
+    g = torch.Generator().manual_seed(0)
+    b, k = 6, 5
+    refs = torch.randn((b, k, 3, 2, 2), generator=g, dtype=torch.float64)
+    ab = torch.tensor([0.999, 0.9, 0.5, 0.1, 0.01, 1e-6], dtype=torch.float64)
+    x_t = q_sample(refs[:, 0], torch.arange(b), torch.randn((b, 3, 2, 2), generator=g,
+                                                            dtype=torch.float64), ab)
+    x0_bar, eps_bar = stable_target(x_t, refs, ab)
+    for i in range(b):
+        dist = torch.distributions.Normal(ab[i].sqrt() * refs[i], (1 - ab[i]).sqrt())
+        logp = dist.log_prob(x_t[i].expand_as(refs[i])).flatten(1).sum(1)      # (K,)
+        post = torch.softmax(logp, 0)
+        expected = (post[:, None, None, None] * refs[i]).sum(0)
+        torch.testing.assert_close(x0_bar[i], expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ab.sqrt()[:, None, None, None] * x0_bar
+                               + (1 - ab).sqrt()[:, None, None, None] * eps_bar, x_t)
+
+
+def test_stable_target_limits():
+    """Low noise: the true x0 and noise (the plain target). No signal left: the references'
+    mean. K copies of x0: the plain target at every noise level."""
+    g = torch.Generator().manual_seed(1)
+    refs = torch.randn((4, 8, 4, 4, 4), generator=g)
+    noise = torch.randn((4, 4, 4, 4), generator=g)
+    low = torch.full((4,), 1 - 1e-5, dtype=torch.float64)
+    x_t = q_sample(refs[:, 0], torch.arange(4), noise, low)
+    x0_bar, eps_bar = stable_target(x_t, refs, low)
+    torch.testing.assert_close(x0_bar, refs[:, 0])
+    torch.testing.assert_close(eps_bar, noise, rtol=1e-3, atol=1e-3)
+    none = torch.full((4,), 1e-12, dtype=torch.float64)
+    x0_bar, _ = stable_target(q_sample(refs[:, 0], torch.arange(4), noise, none), refs, none)
+    torch.testing.assert_close(x0_bar, refs.mean(dim=1))
+    same = refs[:, :1].expand(-1, 8, -1, -1, -1)
+    for ab in (0.99, 0.5, 0.02):
+        abt = torch.full((4,), ab, dtype=torch.float64)
+        x_t = q_sample(refs[:, 0], torch.arange(4), noise, abt)
+        x0_bar, eps_bar = stable_target(x_t, same, abt)
+        torch.testing.assert_close(x0_bar, refs[:, 0])
+        torch.testing.assert_close(eps_bar, noise, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="references must be"):
+        stable_target(x_t, refs[:, 0], abt)
