@@ -139,6 +139,11 @@ class TrainingConfig:
     # cross-attention of each word naming an object should fall on that object. Needs object
     # masks, i.e. shapes-world data from `pictor data synth`; 0 turns it off.
     grounding_loss_weight: float = 0.0
+    # Weight of the centroid term (pictor.training.grounding.centroid_loss): the centre of each
+    # grounded word's attention should be its object's centre, a coarse location signal that
+    # still holds at high noise, where the relation of a `position` prompt decides the layout.
+    # Same masks and words as the token loss; 0 turns it off.
+    grounding_centroid_weight: float = 0.0
     # Cross-attention maps of at least this side (in pixels of the U-Net's input) are grounded.
     grounding_min_resolution: int = 8
     # Which words are grounded: "all" (each object's colour and shape word) or "color" (only
@@ -520,6 +525,9 @@ def _validate_training(t: TrainingConfig) -> None:
     if t.grounding_loss_weight < 0:
         raise ValueError(f"training.grounding_loss_weight must be >= 0, got "
                          f"{t.grounding_loss_weight}")
+    if t.grounding_centroid_weight < 0:
+        raise ValueError(f"training.grounding_centroid_weight must be >= 0, got "
+                         f"{t.grounding_centroid_weight}")
     if t.stable_target_references < 0:
         raise ValueError(f"training.stable_target_references must be >= 0 (0 = off), got "
                          f"{t.stable_target_references}")

@@ -67,6 +67,17 @@ def test_grounding_loss_trains_the_cross_attention(data, tmp_path):
     assert logged and all("denoising_loss" in r for r in logged)
 
 
+def test_centroid_loss_alone_builds_the_table_and_is_logged(data, tmp_path):
+    config = tiny_config(*data, tmp_path / "run", "--training.grounding_centroid_weight=1.0",
+                         "--training.max_steps=10", "--training.log_every_steps=5")
+    result = train(config)
+    assert result.step == 10
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    logged = [r for r in rows if "centroid_loss" in r]
+    assert logged and all("grounding_loss" not in r for r in logged)
+
+
 def test_grounding_needs_a_frozen_encoder(data, tmp_path):
     config = tiny_config(*data, tmp_path / "run", "--training.grounding_loss_weight=1.0",
                          "--text.spec=trainable", "--text.trainable_dim=32",

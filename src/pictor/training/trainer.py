@@ -14,8 +14,8 @@ Per example (Ho et al. 2020, Alg. 1, with the choices of the config):
     loss = w(t) || f(x_t, t, c) - target ||^2, target eps / v / x0, w = min-SNR-gamma weight
     (with training.stable_target_references = K > 1 the target is the Stable Target Field one:
      the posterior mean over K images of the same caption, pictor.diffusion.losses.stable_target)
-    (+ grounding_loss_weight x the token loss on the cross-attention maps, from object masks,
-     when set: pictor.training.grounding)
+    (+ grounding_loss_weight x the token loss and grounding_centroid_weight x the centroid loss
+     on the cross-attention maps, from object masks, when set: pictor.training.grounding)
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class DiffusionTask:
         self.mask = self.text.mask.to(self.device)  # (U, L)
         self.grounding = None
         self.loss_terms: dict[str, float] = {}  # the last step's loss parts, for the log
-        if tcfg.grounding_loss_weight > 0:
+        if tcfg.grounding_loss_weight > 0 or tcfg.grounding_centroid_weight > 0:
             self.grounding = self._build_grounding(dataset, dist.is_main and tcfg.progress_bar)
 
     def _build_grounding(self, dataset, progress: bool):
@@ -121,9 +121,10 @@ class DiffusionTask:
 
         spec = self.config.text.spec
         if self.trainable_text:
-            raise ValueError("training.grounding_loss_weight > 0 needs a frozen pretrained text "
+            raise ValueError("the grounding losses (training.grounding_loss_weight, "
+                             "grounding_centroid_weight) need a frozen pretrained text "
                              f"encoder (text.spec {spec!r} is the trainable one); set "
-                             "text.spec=minilm or training.grounding_loss_weight=0")
+                             "text.spec=minilm or set both weights to 0")
         return build_grounding_table(dataset, load_tokenizer(spec),
                                      max_length=self.config.text.max_length,
                                      resolution=self.x.shape[-1],
@@ -184,7 +185,11 @@ class DiffusionTask:
             refs = self.x.index_select(0, refs.flatten().to(dev)).reshape(
                 *refs.shape, *x0.shape[1:])                             # (b, K, C, h, w)
             x0, noise = stable_target(x_t, refs, self.alphas_cumprod[t])
-        from pictor.training.grounding import grounding_loss, record_cross_attention
+        from pictor.training.grounding import (
+            centroid_loss,
+            grounding_loss,
+            record_cross_attention,
+        )
 
         recording = (record_cross_attention(model, tcfg.grounding_min_resolution)
                      if self.grounding is not None else contextlib.nullcontext([]))
@@ -195,10 +200,18 @@ class DiffusionTask:
         if self.grounding is None:
             return denoise
         tokens, entity, masks = self.grounding.batch(indices, dev)
-        ground = grounding_loss(records, tokens, entity, masks, keep=~draws["drop"].to(dev))
-        self.loss_terms = {"denoising_loss": float(denoise.detach()),
-                           "grounding_loss": float(ground.detach())}
-        return denoise + tcfg.grounding_loss_weight * ground
+        keep = ~draws["drop"].to(dev)
+        total = denoise
+        self.loss_terms = {"denoising_loss": float(denoise.detach())}
+        if tcfg.grounding_loss_weight > 0:
+            ground = grounding_loss(records, tokens, entity, masks, keep=keep)
+            total = total + tcfg.grounding_loss_weight * ground
+            self.loss_terms["grounding_loss"] = float(ground.detach())
+        if tcfg.grounding_centroid_weight > 0:
+            centre = centroid_loss(records, tokens, entity, masks, keep=keep)
+            total = total + tcfg.grounding_centroid_weight * centre
+            self.loss_terms["centroid_loss"] = float(centre.detach())
+        return total
 
     @torch.no_grad()
     def sample(self, unet: nn.Module, prompts: list[str], *, num_steps: int,

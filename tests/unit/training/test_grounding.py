@@ -16,6 +16,7 @@ from pictor.data.synth import example_rng, synthesize
 from pictor.networks.layers import CrossAttention
 from pictor.training.grounding import (
     build_grounding_table,
+    centroid_loss,
     grounding_loss,
     object_words,
     record_cross_attention,
@@ -182,6 +183,38 @@ def test_loss_skips_dropped_captions_and_unused_pairs_but_keeps_a_graph():
     assert none.item() == 0.0
     none.backward()  # a graph, so the training step's backward works on such a batch
     assert probs.grad is not None and probs.grad.abs().sum() == 0
+
+
+def test_centroid_loss_closed_forms():
+    """Image coordinates in [-1, 1]: pixel centres of an 8x8 map are at (i + 0.5) / 4 - 1."""
+    side, length = 8, 5
+    masks = torch.stack([_square_mask(side, 0, 0, 4), _square_mask(side, 4, 4, 2)])[None]
+    tokens = torch.tensor([[1, 3, -1]])
+    entity = torch.tensor([[0, 1, 0]])
+    # mask centres: object 0 covers pixels 0-3 -> (-0.5, -0.5); object 1 pixels 4-5 -> (0.25, 0.25)
+    inside = torch.zeros(1, side * side, length)
+    inside[0, :, 1] = masks[0, 0].flatten() / masks[0, 0].sum()
+    inside[0, :, 3] = masks[0, 1].flatten() / masks[0, 1].sum()
+    assert centroid_loss([inside], tokens, entity, masks).item() == pytest.approx(0.0, abs=1e-7)
+    # uniform attention is centred at (0, 0): squared distances 0.5 and 0.125, mean 0.3125
+    uniform = torch.full((1, side * side, length), 1.0 / (side * side))
+    assert centroid_loss([uniform], tokens, entity, masks).item() == pytest.approx(0.3125)
+    # attention on one pixel (row 7, col 0): centre (-0.875, 0.875)
+    corner = torch.zeros(1, side * side, length)
+    corner[0, 7 * side, :] = 1.0
+    want = ((-0.875 + 0.5) ** 2 + (0.875 + 0.5) ** 2 + (-0.875 - 0.25) ** 2
+            + (0.875 - 0.25) ** 2) / 2
+    assert centroid_loss([corner], tokens, entity, masks).item() == pytest.approx(want)
+    # a 4x4 layer sees the area-averaged masks, whose centres are the same
+    coarse = torch.full((1, 16, length), 1.0 / 16)
+    assert centroid_loss([uniform, coarse], tokens, entity, masks).item() == pytest.approx(0.3125)
+    # empty masks, dropped captions and unused pairs add nothing, and a graph remains
+    probs = uniform.clone().requires_grad_(True)
+    none = centroid_loss([probs], tokens, entity, torch.zeros_like(masks))
+    assert none.item() == 0.0
+    none.backward()
+    assert probs.grad is not None and probs.grad.abs().sum() == 0
+    assert centroid_loss([uniform], tokens, entity, masks, keep=torch.tensor([False])).item() == 0
 
 
 # ----------------------------------------------------------------------------------------------
