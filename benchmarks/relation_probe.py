@@ -12,6 +12,10 @@
    training examples of `position` prompts, noised to several t: the mean (1 - share of each
    object word's attention inside its object)^2 over the 16x16 and 8x8 attention layers. 0.86
    is uniform attention; low means the words' attention lands on their objects.
+3. Side accuracy of the attention: on the same examples, whether the centre of the first
+   object's words' attention lies on the correct side of the second's along the relation's axis
+   (the objects' true centres decide), per t. 0.5 is chance; at high noise, where x_t does not
+   show the objects, only a U-Net whose attention follows the relation scores above it.
 
     .venv/bin/python benchmarks/relation_probe.py --model models/shapes-v3 [--model M2 ...]
 """
@@ -32,6 +36,7 @@ from pictor.data.suites import all_prompts
 NAME = "relation_probe"
 PRIOR_TIMESTEPS = (999, 900)
 GROUNDING_TIMESTEPS = (100, 500, 800, 900, 990)
+SIDE_TIMESTEPS = (500, 900, 990)  # reported (all GROUNDING_TIMESTEPS are in the JSON)
 
 
 def mirrored(prompt: str) -> str:
@@ -64,7 +69,31 @@ def prior_sensitivity(pipe, prompts: list[str], num_seeds: int, t: int) -> float
 
 
 @torch.no_grad()
-def grounding(pipe, data: Path, num_examples: int, seed: int = 0) -> dict[int, float]:
+def side_accuracy(records, tokens, entity, masks) -> float:
+    """Share of examples whose two objects' attention centres are in the true order along the
+    axis on which the objects' mask centres differ most (layers averaged)."""
+    from pictor.training.grounding import pixel_coordinates
+
+    centres_a, centres_m = [], []
+    for probs in records:
+        b, n, _ = probs.shape
+        side = int(round(n ** 0.5))
+        xy = pixel_coordinates(side, probs.device)
+        m = torch.nn.functional.adaptive_avg_pool2d(masks, side).flatten(2)       # (B, E, N)
+        a = probs.gather(2, tokens.clamp(min=0)[:, None, :].expand(b, n, tokens.shape[1]))
+        a = a.transpose(1, 2) * (tokens >= 0)[..., None]                          # (B, P, N)
+        per_entity = torch.stack([(a * (entity == e)[..., None]).sum(1) for e in (0, 1)], 1)
+        centres_a.append((per_entity @ xy) / per_entity.sum(-1, keepdim=True).clamp_min(1e-12))
+        centres_m.append((m[:, :2] @ xy) / m[:, :2].sum(-1, keepdim=True).clamp_min(1e-12))
+    ca, cm = torch.stack(centres_a).mean(0), torch.stack(centres_m).mean(0)        # (B, 2, 2)
+    dm, da = cm[:, 0] - cm[:, 1], ca[:, 0] - ca[:, 1]                              # (B, 2)
+    axis = dm.abs().argmax(dim=1, keepdim=True)
+    right = torch.sign(dm.gather(1, axis)) == torch.sign(da.gather(1, axis))
+    return float(right.float().mean())
+
+
+def grounding(pipe, data: Path, num_examples: int, seed: int = 0
+              ) -> tuple[dict[int, float], dict[int, float]]:
     from pictor.data.loader import open_dataset
     from pictor.diffusion.forward import q_sample
     from pictor.text.encoders import load_tokenizer
@@ -88,14 +117,15 @@ def grounding(pipe, data: Path, num_examples: int, seed: int = 0) -> dict[int, f
     emb, mask = torch.cat(emb), torch.cat(mask)
     unet = pipe.unet
     gen = torch.Generator().manual_seed(seed)
-    out = {}
+    out, sides = {}, {}
     for t in GROUNDING_TIMESTEPS:
         tt = torch.full((len(rows),), t)
         x_t = q_sample(z0, tt, torch.randn(z0.shape, generator=gen), pipe.schedule.alphas_cumprod)
         with record_cross_attention(unet, 8) as records:
             unet(x_t.float(), tt.float(), emb, mask)
         out[t] = round(float(grounding_loss(records, tokens, entity, masks)), 3)
-    return out
+        sides[t] = round(side_accuracy(records, tokens, entity, masks), 3)
+    return out, sides
 
 
 def main() -> None:
@@ -121,16 +151,20 @@ def main() -> None:
         r = {f"prior_sensitivity_t{t}": round(prior_sensitivity(pipe, prompts, args.seeds, t), 4)
              for t in PRIOR_TIMESTEPS}
         if args.data.exists():
-            r["token_loss_by_t"] = grounding(pipe, args.data, args.examples)
+            r["token_loss_by_t"], r["side_accuracy_by_t"] = grounding(pipe, args.data,
+                                                                      args.examples)
         results[str(model)] = r
         rows.append([f"`{model}`", *(f"{r[f'prior_sensitivity_t{t}']:.3f}"
                                      for t in PRIOR_TIMESTEPS),
                      *(f"{r['token_loss_by_t'][t]:.2f}" if "token_loss_by_t" in r else "-"
-                       for t in GROUNDING_TIMESTEPS)])
+                       for t in GROUNDING_TIMESTEPS),
+                     *(f"{r['side_accuracy_by_t'][t]:.2f}" if "side_accuracy_by_t" in r else "-"
+                       for t in SIDE_TIMESTEPS)])
     env = environment()
     table = markdown_table(
         ["model", *(f"relation sensitivity t={t}" for t in PRIOR_TIMESTEPS),
-         *(f"token loss t={t}" for t in GROUNDING_TIMESTEPS)], rows)
+         *(f"token loss t={t}" for t in GROUNDING_TIMESTEPS),
+         *(f"side accuracy t={t}" for t in SIDE_TIMESTEPS)], rows)
     print(table)
     if args.no_write:
         return

@@ -292,7 +292,7 @@ def grounding_loss(records: Sequence[torch.Tensor], tokens: torch.Tensor, entity
     return torch.stack(per_layer).mean()
 
 
-def _pixel_coordinates(side: int, device: torch.device) -> torch.Tensor:
+def pixel_coordinates(side: int, device: torch.device) -> torch.Tensor:
     """(N, 2) (x, y) of the pixel centres of a side x side map, in [-1, 1], row-major."""
     c = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side * 2.0 - 1.0
     y, x = torch.meshgrid(c, c, indexing="ij")
@@ -326,7 +326,7 @@ def centroid_loss(records: Sequence[torch.Tensor], tokens: torch.Tensor, entity:
         side = math.isqrt(n)
         if side * side != n:
             raise ValueError(f"grounding needs square feature maps, got {n} pixels")
-        xy = _pixel_coordinates(side, probs.device)                           # (N, 2)
+        xy = pixel_coordinates(side, probs.device)                           # (N, 2)
         m = F.adaptive_avg_pool2d(masks, side).flatten(2)                      # (B, E, N)
         m = m.gather(1, ent[:, :, None].expand(b, ent.shape[1], n))            # (B, P, N)
         a = probs.gather(2, tok[:, None, :].expand(b, n, tok.shape[1])).transpose(1, 2)
