@@ -17,7 +17,7 @@
    (the objects' true centres decide), per t. 0.5 is chance; at high noise, where x_t does not
    show the objects, only a U-Net whose attention follows the relation scores above it.
 
-    .venv/bin/python benchmarks/relation_probe.py --model models/shapes-v3 [--model M2 ...]
+    .venv/bin/python benchmarks/relation_probe.py --model models/shapes-v5 [--model M2 ...]
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def main() -> None:
     print(table)
     if args.no_write:
         return
-    data = {"settings": vars(args) | {"model": [str(m) for m in args.model]},
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    data = {"settings": settings | {"model": [str(m) for m in args.model]},
             "environment": env, "results": results,
             "elapsed_seconds": round(time.perf_counter() - start, 1)}
     path = write_json(NAME, data)
@@ -177,6 +178,8 @@ def main() -> None:
             f"seeds (0: the relation is ignored). Token loss: TokenCompose's loss of the "
             f"cross-attention on {args.examples} `position` training examples noised to t "
             f"(0.86 = uniform attention; 0 = every object word's attention on its object). "
+            f"Side accuracy: on the same examples, the share whose two objects' attention "
+            f"centres lie in the true order along the relation's axis (0.5 = chance). "
             f"docs/grounding.md. Written by `benchmarks/relation_probe.py` ({env['date_utc']})."
             f"\n\n" + table + f"\n\nRaw: `{path.relative_to(path.parents[2])}`.")
     update_markdown_section(NAME, body)

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "shapes-v3"
+DEFAULT_MODEL_NAME = "shapes-v5"
 
 
 def default_model_dir() -> Path:
