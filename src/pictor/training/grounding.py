@@ -262,20 +262,18 @@ def record_cross_attention(model: nn.Module, min_resolution: int = 1
             m.record = None
 
 
-def grounding_loss(records: Sequence[torch.Tensor], tokens: torch.Tensor, entity: torch.Tensor,
-                   masks: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """TokenCompose's token loss (module docstring), averaged over layers and valid pairs.
-
-    records: [(B, N, L)] attention probabilities; tokens, entity: (B, P) (tokens -1 = unused);
-    masks: (B, E, R, R) in [0, 1]; keep: (B,) bool, examples to use (e.g. caption not dropped).
-    Returns a scalar; 0 (with a graph) when there is nothing to ground.
-    """
+def _mean_over_layers(records: Sequence[torch.Tensor], tokens: torch.Tensor,
+                      entity: torch.Tensor, masks: torch.Tensor, keep: torch.Tensor | None,
+                      term) -> torch.Tensor:
+    """Mean over layers of term(side, m, a, valid) -> scalar, where per layer m (B, P, N) is each
+    pair's object mask area-averaged to the layer's side x side pixels, a (B, P, N) the pair's
+    token's attention over those pixels and valid (B, P) the pairs to use (used tokens of kept
+    examples). 0 (with a graph) when there is nothing to ground."""
     valid = tokens >= 0                                        # (B, P)
     if keep is not None:
         valid = valid & keep[:, None]
     if not records or not bool(valid.any()):
         return sum((r.sum() * 0.0 for r in records), torch.zeros((), device=tokens.device))
-    w = valid.float()
     tok = tokens.clamp(min=0)
     ent = entity.clamp(min=0)
     per_layer = []
@@ -287,9 +285,24 @@ def grounding_loss(records: Sequence[torch.Tensor], tokens: torch.Tensor, entity
         m = F.adaptive_avg_pool2d(masks, side).flatten(2)      # (B, E, N): area average
         m = m.gather(1, ent[:, :, None].expand(b, ent.shape[1], n))            # (B, P, N)
         a = probs.gather(2, tok[:, None, :].expand(b, n, tok.shape[1])).transpose(1, 2)
-        inside = (a * m).sum(-1) / a.sum(-1).clamp_min(1e-12)  # (B, P): share in the mask
-        per_layer.append(((1.0 - inside) ** 2 * w).sum() / w.sum())
+        per_layer.append(term(side, m, a, valid))
     return torch.stack(per_layer).mean()
+
+
+def grounding_loss(records: Sequence[torch.Tensor], tokens: torch.Tensor, entity: torch.Tensor,
+                   masks: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """TokenCompose's token loss (module docstring), averaged over layers and valid pairs.
+
+    records: [(B, N, L)] attention probabilities; tokens, entity: (B, P) (tokens -1 = unused);
+    masks: (B, E, R, R) in [0, 1]; keep: (B,) bool, examples to use (e.g. caption not dropped).
+    Returns a scalar; 0 (with a graph) when there is nothing to ground.
+    """
+    def term(side, m, a, valid):
+        w = valid.float()
+        inside = (a * m).sum(-1) / a.sum(-1).clamp_min(1e-12)  # (B, P): share in the mask
+        return ((1.0 - inside) ** 2 * w).sum() / w.sum()
+
+    return _mean_over_layers(records, tokens, entity, masks, keep, term)
 
 
 def pixel_coordinates(side: int, device: torch.device) -> torch.Tensor:
@@ -313,27 +326,13 @@ def centroid_loss(records: Sequence[torch.Tensor], tokens: torch.Tensor, entity:
     ~0.8 of the image between "left of" and "right of": a large, low-variance signal that the
     word's attention (and so where its features are written) must follow the relation.
     """
-    valid = tokens >= 0
-    if keep is not None:
-        valid = valid & keep[:, None]
-    if not records or not bool(valid.any()):
-        return sum((r.sum() * 0.0 for r in records), torch.zeros((), device=tokens.device))
-    tok = tokens.clamp(min=0)
-    ent = entity.clamp(min=0)
-    per_layer = []
-    for probs in records:
-        b, n, _ = probs.shape
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"grounding needs square feature maps, got {n} pixels")
-        xy = pixel_coordinates(side, probs.device)                           # (N, 2)
-        m = F.adaptive_avg_pool2d(masks, side).flatten(2)                      # (B, E, N)
-        m = m.gather(1, ent[:, :, None].expand(b, ent.shape[1], n))            # (B, P, N)
-        a = probs.gather(2, tok[:, None, :].expand(b, n, tok.shape[1])).transpose(1, 2)
+    def term(side, m, a, valid):
+        xy = pixel_coordinates(side, a.device)                                 # (N, 2)
         mass = m.sum(-1)                                                       # (B, P)
         w = (valid & (mass > 1e-6)).float()
         c_mask = (m @ xy) / mass.clamp_min(1e-12)[..., None]                   # (B, P, 2)
         c_attn = (a @ xy) / a.sum(-1).clamp_min(1e-12)[..., None]              # (B, P, 2)
         d2 = (c_attn - c_mask).pow(2).sum(-1)                                  # (B, P)
-        per_layer.append((d2 * w).sum() / w.sum().clamp_min(1.0))
-    return torch.stack(per_layer).mean()
+        return (d2 * w).sum() / w.sum().clamp_min(1.0)
+
+    return _mean_over_layers(records, tokens, entity, masks, keep, term)

@@ -148,7 +148,10 @@ def _square_mask(side: int, top: int, left: int, size: int) -> torch.Tensor:
     return m
 
 
-def test_loss_is_zero_when_attention_stays_in_the_mask_and_closed_form_when_uniform():
+def _two_objects():
+    """8x8 map, 5 tokens: object 0 a 4x4 square at the top left named by token 1, object 1 a
+    2x2 square at (4, 4) named by token 3, one unused pair; and attention that puts each
+    token's weight uniformly on its own object."""
     side, length = 8, 5
     masks = torch.stack([_square_mask(side, 0, 0, 4), _square_mask(side, 4, 4, 2)])[None]
     tokens = torch.tensor([[1, 3, -1]])
@@ -156,6 +159,11 @@ def test_loss_is_zero_when_attention_stays_in_the_mask_and_closed_form_when_unif
     inside = torch.zeros(1, side * side, length)
     inside[0, :, 1] = masks[0, 0].flatten() / masks[0, 0].sum()
     inside[0, :, 3] = masks[0, 1].flatten() / masks[0, 1].sum()
+    return side, length, masks, tokens, entity, inside
+
+
+def test_loss_is_zero_when_attention_stays_in_the_mask_and_closed_form_when_uniform():
+    side, length, masks, tokens, entity, inside = _two_objects()
     assert grounding_loss([inside], tokens, entity, masks).item() == pytest.approx(0.0, abs=1e-7)
     uniform = torch.full((1, side * side, length), 1.0 / (side * side))
     want = ((1 - 16 / 64) ** 2 + (1 - 4 / 64) ** 2) / 2
@@ -187,14 +195,8 @@ def test_loss_skips_dropped_captions_and_unused_pairs_but_keeps_a_graph():
 
 def test_centroid_loss_closed_forms():
     """Image coordinates in [-1, 1]: pixel centres of an 8x8 map are at (i + 0.5) / 4 - 1."""
-    side, length = 8, 5
-    masks = torch.stack([_square_mask(side, 0, 0, 4), _square_mask(side, 4, 4, 2)])[None]
-    tokens = torch.tensor([[1, 3, -1]])
-    entity = torch.tensor([[0, 1, 0]])
+    side, length, masks, tokens, entity, inside = _two_objects()
     # mask centres: object 0 covers pixels 0-3 -> (-0.5, -0.5); object 1 pixels 4-5 -> (0.25, 0.25)
-    inside = torch.zeros(1, side * side, length)
-    inside[0, :, 1] = masks[0, 0].flatten() / masks[0, 0].sum()
-    inside[0, :, 3] = masks[0, 1].flatten() / masks[0, 1].sum()
     assert centroid_loss([inside], tokens, entity, masks).item() == pytest.approx(0.0, abs=1e-7)
     # uniform attention is centred at (0, 0): squared distances 0.5 and 0.125, mean 0.3125
     uniform = torch.full((1, side * side, length), 1.0 / (side * side))
