@@ -155,6 +155,11 @@ class TrainingConfig:
     # of the one image. Lowers the target's variance at high noise, where layout is decided.
     # 0 or 1: off (the plain target).
     stable_target_references: int = 0
+    # Timestep emphasis on high noise, where the layout (a `position` prompt's relation) is
+    # decided: this fraction of each batch draws t uniformly from {high_noise_min_t, .., T-1}
+    # instead of the whole range (0: plain uniform t, the same draws as before).
+    high_noise_fraction: float = 0.0
+    high_noise_min_t: int = 700
     # Autocast dtype: "auto" uses bf16 on CUDA devices that support it and full precision on
     # CPU; "bf16"/"fp16" force it (fp16 only on CUDA, with loss scaling); "no" disables it.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -499,6 +504,10 @@ def validate(config: Any) -> None:
                              "(a file written by `pictor train-autoencoder`)")
         if config.diffusion.min_snr_gamma is not None and config.diffusion.min_snr_gamma <= 0:
             raise ValueError("diffusion.min_snr_gamma must be positive or null")
+        num_t, min_t = config.diffusion.schedule.num_timesteps, config.training.high_noise_min_t
+        if not 0 <= min_t < num_t:
+            raise ValueError(f"training.high_noise_min_t must be in [0, {num_t}) (diffusion."
+                             f"schedule.num_timesteps), got {min_t}")
 
 
 def _validate_training(t: TrainingConfig) -> None:
@@ -528,6 +537,9 @@ def _validate_training(t: TrainingConfig) -> None:
     if t.grounding_centroid_weight < 0:
         raise ValueError(f"training.grounding_centroid_weight must be >= 0, got "
                          f"{t.grounding_centroid_weight}")
+    if not 0.0 <= t.high_noise_fraction <= 1.0:
+        raise ValueError(f"training.high_noise_fraction must be in [0, 1], got "
+                         f"{t.high_noise_fraction}")
     if t.stable_target_references < 0:
         raise ValueError(f"training.stable_target_references must be >= 0 (0 = off), got "
                          f"{t.stable_target_references}")

@@ -153,7 +153,12 @@ class DiffusionTask:
     def draw(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         from pictor.diffusion.losses import sample_timesteps
 
-        t = sample_timesteps(batch_size, self.schedule.num_timesteps, generator=generator)
+        num_t, tcfg = self.schedule.num_timesteps, self.config.training
+        t = sample_timesteps(batch_size, num_t, generator=generator)
+        if tcfg.high_noise_fraction > 0:  # some examples redraw t from the high-noise end
+            high = torch.rand(batch_size, generator=generator) < tcfg.high_noise_fraction
+            t_high = torch.randint(tcfg.high_noise_min_t, num_t, (batch_size,), generator=generator)
+            t = torch.where(high, t_high, t)
         noise = torch.randn((batch_size, *self.x.shape[1:]), generator=generator)
         drop = torch.rand(batch_size, generator=generator) < self.config.training.caption_dropout_prob
         draws = {"t": t, "noise": noise, "drop": drop}  # (B,), (B, C, h, w), (B,)
