@@ -38,7 +38,7 @@ from pictor.config import TrainConfig, config_from_yaml_text
 from pictor.diffusion.denoiser import Denoiser
 from pictor.diffusion.forward import q_sample
 from pictor.diffusion.schedules import NoiseSchedule
-from pictor.guidance import CFG, expand_cond
+from pictor.guidance import CFG, LayoutSettings, expand_cond, layout_bias, plan_layout
 from pictor.networks.codec import LatentCodec, build_codec
 from pictor.networks.io import load_module
 from pictor.networks.unet import UNet, UNetConfig
@@ -77,6 +77,10 @@ DEFAULT_COMPUTE_DTYPE = "auto"
 # `pictor generate` (11 + 9 passes at two shapes) stays eager. None or PICTOR_TRACE=0: never.
 TRACE_AFTER_CALLS: int | None = 30
 MAX_TRACED_SHAPES = 16  # least recently used traces are dropped beyond this
+# Layout guidance (pictor.guidance): a prompt that states one spatial relation ("A to the left of
+# B") has its objects' words steered to their sides in the first steps. Records say whether it
+# ran (extra["layout"]); records without the key were made without it.
+DEFAULT_LAYOUT = True
 
 
 @lru_cache(maxsize=1)
@@ -217,6 +221,14 @@ class _PreparedContextUNet(torch.nn.Module):
         return self.unet(x, t, context, mask, context_prepared=True)
 
 
+class _PreparedContextLayoutUNet(_PreparedContextUNet):
+    """The same with the layout-guidance bias as a fifth input."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                mask: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.unet(x, t, context, mask, context_prepared=True, layout=layout)
+
+
 def _trace_unet(unet: UNet, example: tuple[torch.Tensor, ...]) -> Any:
     """A TorchScript trace of the U-Net for the example's shapes, or None if tracing fails.
     The traced branch of `layers.attention` is the one for rows that all have a real key, which
@@ -229,8 +241,8 @@ def _trace_unet(unet: UNet, example: tuple[torch.Tensor, ...]) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about the branches above
             with torch.no_grad():
-                return torch.jit.trace(_PreparedContextUNet(unet).eval(), example,
-                                       check_trace=False)
+                wrapper = _PreparedContextUNet if len(example) == 4 else _PreparedContextLayoutUNet
+                return torch.jit.trace(wrapper(unet).eval(), example, check_trace=False)
     except Exception:  # noqa: BLE001 - TorchScript is optional; eager is always right
         return None
 
@@ -269,6 +281,8 @@ class Pipeline:
         h = self.image_size // codec.downsampling_factor
         self.latent_shape = (codec.channels, h, h)  # (C, h, w) of x_T
         self._text_encoder: Any = None
+        self._offsets_tokenizer: Any = None
+        self.layout_settings = LayoutSettings()
         self._compiled_text_encoder: Any = None  # None: not looked for; False: none saved
         # Per-prompt embeddings, least recently used evicted beyond prompt_cache_size (a server
         # sees unboundedly many distinct prompts).
@@ -291,24 +305,30 @@ class Pipeline:
             self._shape_calls.clear()
 
     def run_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                 mask: torch.Tensor) -> torch.Tensor:
+                 mask: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
         """The U-Net's prediction (x's shape and dtype), computed in the compute dtype; context
-        as `conditions` returns it (through the text adapter already)."""
+        as `conditions` returns it (through the text adapter already); layout: the optional
+        attention bias of layout guidance (B, L, S, S)."""
         dtype = COMPUTE_DTYPES[self.compute_dtype]
         args = (x.to(dtype), t, context.to(dtype), mask)
+        if layout is not None:
+            args = (*args, layout.to(dtype))
         traced = self._traced_unet(*args)
-        out = traced(*args) if traced is not None else self.unet(*args, context_prepared=True)
+        if traced is not None:
+            out = traced(*args)
+        else:
+            out = self.unet(*args[:4], context_prepared=True, layout=layout)
         return out.to(x.dtype)
 
     def _traced_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                     mask: torch.Tensor) -> Any:
+                     mask: torch.Tensor, layout: torch.Tensor | None = None) -> Any:
         """The TorchScript trace for these input shapes once they have come trace_after_calls
         times (TRACE_AFTER_CALLS), else None (run eagerly). Not under autograd, and never when
         a trace fails (the eager module is always right)."""
         if self.trace_after_calls is None or torch.is_grad_enabled():
             return None
         key = (tuple(x.shape), x.dtype, t.dtype, tuple(context.shape), tuple(mask.shape),
-               str(x.device), id(self.unet))
+               None if layout is None else tuple(layout.shape), str(x.device), id(self.unet))
         with self._trace_lock:
             if key in self._traces:
                 self._traces.move_to_end(key)
@@ -316,7 +336,8 @@ class Pipeline:
             calls = self._shape_calls[key] = self._shape_calls.get(key, 0) + 1
             if calls < self.trace_after_calls:
                 return None
-            traced = _trace_unet(self.unet, (x, t, context, mask))
+            example = (x, t, context, mask) if layout is None else (x, t, context, mask, layout)
+            traced = _trace_unet(self.unet, example)
             self._traces[key] = traced
             while len(self._traces) > MAX_TRACED_SHAPES:
                 self._traces.popitem(last=False)
@@ -393,10 +414,13 @@ class Pipeline:
             return None
         return EmbeddingDiskCache(root, f"{identity}|device={self.device.type}")
 
-    def conditions(self, prompt: str, negative_prompt: str = "") -> tuple[dict, dict]:
+    def conditions(self, prompt: str, negative_prompt: str = "", layout: bool = False
+                   ) -> tuple[dict, dict]:
         """cond and uncond dicts (batch 1) trimmed to the longest real token run of the two,
         their tokens already through the U-Net's text adapter if it has one (run_unet passes
-        context_prepared=True, so the adapter runs once per prompt, not once per step)."""
+        context_prepared=True, so the adapter runs once per prompt, not once per step).
+        layout=True and a prompt with a plan (`layout_plan`): both dicts also hold "layout", the
+        attention bias (1, L, h, w) of layout guidance, zero in the uncond one."""
         (ce, cm), (ue, um) = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         length = max(1, int(cm.sum()), int(um.sum()))
         ce, cm, ue, um = ce[:, :length], cm[:, :length], ue[:, :length], um[:, :length]
@@ -405,15 +429,59 @@ class Pipeline:
             with torch.inference_mode():
                 ce = self.unet.prepare_context(ce.to(dtype), cm).to(ce.dtype)
                 ue = self.unet.prepare_context(ue.to(dtype), um).to(ue.dtype)
-        return {"context": ce, "mask": cm}, {"context": ue, "mask": um}
+        cond, uncond = {"context": ce, "mask": cm}, {"context": ue, "mask": um}
+        plan = self.layout_plan(prompt) if layout else None
+        if plan is not None:
+            bias = layout_bias(plan, self._token_offsets(prompt), length, self.latent_shape[-1],
+                               self.layout_settings).to(self.device)
+            cond["layout"], uncond["layout"] = bias, torch.zeros_like(bias)
+        return cond, uncond
+
+    # ------------------------------------------------------------------ layout guidance
+    @property
+    def layout_words(self) -> str:
+        """The words layout guidance steers: the colour words for a model whose grounding loss
+        trained only those (their attention is on their objects), else all content words."""
+        t = self.config.training
+        grounded = t.grounding_loss_weight > 0 or t.grounding_centroid_weight > 0
+        return "color" if grounded and t.grounding_words == "color" else "all"
+
+    def layout_plan(self, prompt: str) -> Any:
+        """The layout plan (guidance.plan_layout) of a prompt, or None (no single spatial
+        relation, or a text encoder without a tokenizer file to map words to tokens)."""
+        if self._tokenizer_file() is None:
+            return None
+        return plan_layout(prompt, self.layout_words, self.layout_settings)
+
+    def _tokenizer_file(self) -> Path | None:
+        if self.config.text.spec == TRAINABLE_SPEC:
+            return None
+        from pictor.text.encoders import text_encoder_path
+
+        path = text_encoder_path(self.config.text.spec) / "tokenizer.json"
+        return path if path.is_file() else None
+
+    def _token_offsets(self, prompt: str) -> list[tuple[int, int]]:
+        """Character span of each token of `prompt` as the text encoder sees it ((0, 0) for
+        special tokens), from its `tokenizers` file (no transformers import)."""
+        if self._offsets_tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self._offsets_tokenizer = Tokenizer.from_file(str(self._tokenizer_file()))
+            self._offsets_tokenizer.no_padding()
+            self._offsets_tokenizer.enable_truncation(self.config.text.max_length)
+        return list(self._offsets_tokenizer.encode(prompt).offsets)
 
     # ------------------------------------------------------------------ sampling
     def denoiser(self) -> Denoiser:
         """The U-Net as a `pictor.diffusion.denoiser.Denoiser` over {"context", "mask"} conds."""
-        run_unet = self.run_unet
+        run_unet, min_t = self.run_unet, self.layout_settings.min_t
 
         def model(x, t, c):  # x (B, C, h, w), t (B,), c: {"context": (B, L, D), "mask": (B, L)}
-            return run_unet(x, t, c["context"], c["mask"])
+            layout = c.get("layout")  # layout guidance (conditions(layout=True)) while t >= min_t
+            if layout is not None and float(t.max()) < min_t:
+                layout = None
+            return run_unet(x, t, c["context"], c["mask"], layout)
 
         return Denoiser(model=model, schedule=self.schedule, prediction_type=self.prediction_type)
 
@@ -440,10 +508,12 @@ class Pipeline:
                        sampler: str, guidance_scale: float, negative_prompt: str = "",
                        guidance_interval: Sequence[float | None] | None
                        = DEFAULT_GUIDANCE_INTERVAL,
-                       callback: Callback | None = None, **sampler_options: Any) -> torch.Tensor:
-        """z_0 (n, C, h, w) for one prompt and n seeds (the reproducibility contract above)."""
+                       callback: Callback | None = None, layout: bool = DEFAULT_LAYOUT,
+                       **sampler_options: Any) -> torch.Tensor:
+        """z_0 (n, C, h, w) for one prompt and n seeds (the reproducibility contract above);
+        layout: layout guidance for prompts that state a spatial relation (pictor.guidance)."""
         sample = get_sampler(sampler)
-        cond, uncond = self.conditions(prompt, negative_prompt)
+        cond, uncond = self.conditions(prompt, negative_prompt, layout=layout)
         # Empty prompt without a negative one: the unconditional model, no guidance needed.
         guidance = None if (prompt == "" and negative_prompt == "") else CFG(
             scale=float(guidance_scale), uncond=uncond,
@@ -470,18 +540,22 @@ class Pipeline:
                  num_steps: int = DEFAULT_NUM_STEPS, sampler: str = DEFAULT_SAMPLER,
                  guidance_scale: float = DEFAULT_GUIDANCE_SCALE, negative_prompt: str = "",
                  guidance_interval: Sequence[float | None] | None = DEFAULT_GUIDANCE_INTERVAL,
-                 callback: Callback | None = None) -> list[GeneratedImage]:
+                 callback: Callback | None = None, layout: bool = DEFAULT_LAYOUT
+                 ) -> list[GeneratedImage]:
         """num_images RGB images for `prompt`, image i from seed + i, each with its record.
 
         guidance_interval: (sigma_lo, sigma_hi or None) where guidance applies, None = every
-        step (recorded in the record's extra["guidance_interval"])."""
+        step (recorded in the record's extra["guidance_interval"]).
+        layout: layout guidance for a prompt that states one spatial relation (pictor.guidance;
+        recorded in extra["layout"]; no effect on other prompts)."""
         self.check_args(num_images, seed, num_steps, guidance_scale)
         name = canonical_sampler_name(sampler)
         seeds = [int(seed) + i for i in range(int(num_images))]
         interval = guidance_interval_value(guidance_interval)
         z = self.sample_latents(prompt, seeds, num_steps=int(num_steps), sampler=name,
                                 guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-                                guidance_interval=interval, callback=callback)
+                                guidance_interval=interval, callback=callback,
+                                layout=bool(layout))
         out = []
         for s, image in zip(seeds, self.decode(z), strict=True):
             record = ProvenanceRecord(
@@ -489,7 +563,8 @@ class Pipeline:
                 guidance_scale=float(guidance_scale), model_name=self.model_name,
                 model_sha256=self.model_sha256, negative_prompt=negative_prompt,
                 width=image.width, height=image.height,
-                extra={"guidance_interval": interval, "compute_dtype": self.compute_dtype})
+                extra={"guidance_interval": interval, "compute_dtype": self.compute_dtype,
+                       "layout": bool(layout)})
             out.append(GeneratedImage(image=image, record=record))
         return out
 
@@ -497,7 +572,8 @@ class Pipeline:
     def trajectory(self, prompt: str, seed: int = 0, num_steps: int = DEFAULT_NUM_STEPS, *,
                    sampler: str = DEFAULT_SAMPLER,
                    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                   negative_prompt: str = "") -> list[TrajectoryStep]:
+                   negative_prompt: str = "", layout: bool = DEFAULT_LAYOUT
+                   ) -> list[TrajectoryStep]:
         """Per sampler step: the sample x_t the network saw and its x0 prediction, decoded.
         The final image equals generate(prompt, seed=seed, ...)[0]."""
         self.check_args(1, seed, num_steps, guidance_scale)
@@ -508,7 +584,7 @@ class Pipeline:
 
         self.sample_latents(prompt, [int(seed)], num_steps=int(num_steps), sampler=sampler,
                             guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-                            callback=record)
+                            callback=record, layout=layout)
         if not seen:
             return []
         x_ts = self.decode(torch.cat([s[2] for s in seen]))
@@ -553,7 +629,7 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu", *,
     return pipe
 
 
-__all__ = ["COMPUTE_DTYPES", "DEFAULT_COMPUTE_DTYPE", "DEFAULT_GUIDANCE_INTERVAL",
+__all__ = ["COMPUTE_DTYPES", "DEFAULT_COMPUTE_DTYPE", "DEFAULT_GUIDANCE_INTERVAL", "DEFAULT_LAYOUT",
            "DEFAULT_GUIDANCE_SCALE", "GeneratedImage", "Pipeline",
            "SAMPLERS", "TrajectoryStep", "guidance_interval_value", "load_pipeline",
            "model_digest", "resolve_compute_dtype"]

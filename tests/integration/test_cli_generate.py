@@ -84,6 +84,26 @@ def test_reproduce_follows_the_recorded_guidance_interval_and_dtype(model_dir, t
     assert "LO,HI" in capsys.readouterr().err
 
 
+def test_reproduce_follows_the_recorded_layout_guidance(model_dir, tmp_path, capsys):
+    relation = "a red circle above a blue square"
+    paths = {}
+    for layout in ("on", "off"):
+        assert main(["generate", relation, "--model", str(model_dir), "-o", str(tmp_path),
+                     "--steps", "6", "-n", "1", "--layout", layout]) == 0
+        [paths[layout]] = [Path(line) for line in capsys.readouterr().out.split()]
+        assert read_provenance(paths[layout]).extra["layout"] is (layout == "on")
+        assert main(["reproduce", str(paths[layout]), "--model", str(model_dir)]) == 0
+        assert "match" in capsys.readouterr().out
+    on, off = (np.asarray(Image.open(paths[k])) for k in ("on", "off"))
+    assert not np.array_equal(on, off)
+    # a record from before layout guidance existed has no key: it was made without it
+    record = read_provenance(paths["off"])
+    record.extra.pop("layout")
+    old = save_png(Image.open(paths["off"]).convert("RGB"), tmp_path / "old.png", record)
+    assert main(["reproduce", str(old), "--model", str(model_dir)]) == 0
+    assert "match" in capsys.readouterr().out
+
+
 def test_same_pixels_in_another_process(model_dir, tmp_path, capsys):
     [here] = generate(model_dir, tmp_path / "here", capsys, "-n", "1", "--seed", "4",
                       "--sampler", "euler")

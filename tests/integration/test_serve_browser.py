@@ -55,12 +55,15 @@ def test_page_generates_an_image_with_its_metadata(tmp_path, tmp_path_factory):
             page.fill("#prompt", PROMPT)
             page.fill("#seed", "5")
             page.fill("#steps", "6")
+            assert page.is_checked("#layout")  # layout guidance is on by default
+            page.uncheck("#layout")
             page.click("#generate")
             figure = page.wait_for_selector("figure.result img")
             assert page.evaluate("(img) => img.complete && img.naturalWidth", figure) == \
                 pipe.image_size
             assert page.text_content("dd[data-field='prompt']") == PROMPT
             assert page.text_content("dd[data-field='seed']") == "5"
+            assert page.text_content("dd[data-field='layout guidance']") == "off"
             assert "AI-generated" in page.text_content("figure.result figcaption")
             assert page.get_attribute("article.job", "data-status") == "succeeded"
             with page.expect_download() as download:
@@ -69,6 +72,7 @@ def test_page_generates_an_image_with_its_metadata(tmp_path, tmp_path_factory):
             download.value.save_as(saved)
             record = read_provenance(saved)
             assert (record.prompt, record.seed, record.num_steps) == (PROMPT, 5, 6)
+            assert record.extra["layout"] is False
             assert read_digital_source_type(saved) == DIGITAL_SOURCE_TYPE
             shot = tmp_path / "serve_page.png"
             page.screenshot(path=str(shot), full_page=True)

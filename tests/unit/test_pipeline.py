@@ -17,6 +17,7 @@ from pipeline_support import tiny_model_dir  # noqa: E402
 from pictor.pipeline import load_pipeline, model_digest  # noqa: E402
 
 PROMPT = "a red circle"
+RELATION = "a red circle to the left of a blue square"
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +244,44 @@ def test_traced_unet_gives_the_same_pixels_as_eager(model_dir, dtype):
     traced = load_pipeline(model_dir)
     traced.set_compute_dtype(dtype)
     traced.trace_after_calls = 2
-    for prompt, n in ((PROMPT, 1), ("two stars", 3), ("", 1)):
+    for prompt, n in ((PROMPT, 1), ("two stars", 3), ("", 1), (RELATION, 2)):
         want = pixels(eager.generate(prompt, num_images=n, seed=5, num_steps=6))
         got = pixels(traced.generate(prompt, num_images=n, seed=5, num_steps=6))
         assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True)), prompt
     assert traced._traces and all(v is not None for v in traced._traces.values())
     assert not eager._traces
+
+
+def test_layout_guidance_changes_only_prompts_with_a_plan_and_is_recorded(pipe):
+    from pictor.guidance import LayoutSettings
+
+    plain = pipe.generate(PROMPT, num_images=2, seed=3, num_steps=6, layout=False)
+    steered = pipe.generate(PROMPT, num_images=2, seed=3, num_steps=6, layout=True)
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(plain), pixels(steered), strict=True))
+    assert [g.record.extra["layout"] for g in plain + steered] == [False] * 2 + [True] * 2
+    assert pipe.layout_plan(PROMPT) is None and pipe.layout_plan(RELATION) is not None
+    off = pixels(pipe.generate(RELATION, num_images=2, seed=3, num_steps=6, layout=False))
+    on = pixels(pipe.generate(RELATION, num_images=2, seed=3, num_steps=6, layout=True))
+    assert not np.array_equal(off[0], on[0])
+    assert np.array_equal(on[1], pixels(pipe.generate(RELATION, seed=4, num_steps=6))[0])
+    # the bias only acts on steps with t >= min_t: above every timestep it changes nothing
+    before = pipe.layout_settings
+    try:
+        pipe.layout_settings = LayoutSettings(min_t=10_000)
+        late = pixels(pipe.generate(RELATION, num_images=2, seed=3, num_steps=6, layout=True))
+    finally:
+        pipe.layout_settings = before
+    assert np.array_equal(late[0], off[0])
+
+
+def test_layout_conditions_bias_the_steered_tokens_of_the_conditional_half_only(pipe):
+    cond, uncond = pipe.conditions(RELATION, layout=True)
+    length, side = cond["context"].shape[1], pipe.latent_shape[-1]
+    assert cond["layout"].shape == uncond["layout"].shape == (1, length, side, side)
+    assert uncond["layout"].abs().max() == 0
+    steered = cond["layout"].flatten(2).abs().amax(-1)[0] > 0         # (L,)
+    # [CLS] a red circle to the left of a blue square [SEP]; the tiny model has no grounding
+    # loss, so every content word of each phrase is steered: red circle, blue square
+    assert steered.nonzero().flatten().tolist() == [2, 3, 9, 10]
+    plain, _ = pipe.conditions(RELATION)
+    assert "layout" not in plain

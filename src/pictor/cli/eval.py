@@ -42,8 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default 4)")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
-                   help="vary one setting (steps, guidance or sampler), the others at their "
-                        "base values; repeatable, e.g. --sweep steps=5,10,20,50")
+                   help="vary one setting (steps, guidance, sampler or layout=on,off), the "
+                        "others at their base values; repeatable, e.g. --sweep steps=5,10,20,50")
+    p.add_argument("--layout", choices=("on", "off"), default="on",
+                   help="layout guidance for prompts that state a spatial relation (default on; "
+                        "off: the model alone)")
     p.add_argument("--compare", nargs="+", action="extend", default=[], metavar="DIR",
                    help="further model folders to compare at the base settings")
     p.add_argument("--features", default="shapes",
@@ -91,7 +94,9 @@ def run_eval(args: argparse.Namespace) -> int:
         pipelines = [pipe] + load_pipelines([resolve_model_dir(d) for d in args.compare])
         evaluation = evaluate(
             pipelines, suite=args.suite, images_per_prompt=args.images_per_prompt,
-            settings=SamplingSettings(args.steps, args.sampler, guidance), sweeps=sweeps,
+            settings=SamplingSettings(args.steps, args.sampler, guidance,
+                                      layout=args.layout == "on"),
+            sweeps=sweeps,
             features=features, base_seed=args.seed, progress=not args.quiet)
     except ValueError as err:
         return _error(str(err))

@@ -130,6 +130,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="guide only while the noise level sigma is in [LO, HI] (no HI: no upper "
                         "bound), the conditional prediction alone elsewhere, which is faster; "
                         "'all' guides every step (default 1, i.e. sigma >= 1)")
+    p.add_argument("--layout", choices=("on", "off"), default="on",
+                   help="layout guidance: a prompt that states one spatial relation (\"A to the "
+                        "left of B\", right of, above, below) has A's and B's words steered to "
+                        "their sides in the first steps (default on; docs/grounding.md)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
                    help="compute dtype of the U-Net (default auto: bfloat16 where the CPU or GPU "
                         "has it natively, else float32); the record names the one used")
@@ -159,7 +163,8 @@ def run_generate(args: argparse.Namespace) -> int:
         images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed,
                                num_steps=args.steps, sampler=args.sampler,
                                guidance_scale=guidance, negative_prompt=args.negative,
-                               guidance_interval=_interval(args.guidance_interval))
+                               guidance_interval=_interval(args.guidance_interval),
+                               layout=args.layout == "on")
     except ValueError as err:
         return _error(str(err))
     for g in images:
@@ -211,7 +216,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
                             guidance_scale=record.guidance_scale,
                             negative_prompt=record.negative_prompt,
                             # absent in records made before the interval existed: every step
-                            guidance_interval=record.extra.get("guidance_interval"))
+                            guidance_interval=record.extra.get("guidance_interval"),
+                            # absent in records made before layout guidance existed: off
+                            layout=bool(record.extra.get("layout", False)))
     except ValueError as err:
         return _error(str(err))
     if args.output is not None:

@@ -70,6 +70,7 @@ def run_suite(
     base_seed: int = 0,
     progress: bool = True,
     on_image: Callable[[Any, ScoreResult], None] | None = None,
+    layout: bool = True,
 ) -> SuiteReport:
     """Generate and score every prompt of `suite`; see the module docstring."""
     from tqdm import tqdm
@@ -86,7 +87,7 @@ def run_suite(
         seed = base_seed + 1000 * i
         images = pipeline.generate(item.prompt, num_images=images_per_prompt, seed=seed,
                                    num_steps=num_steps, sampler=sampler,
-                                   guidance_scale=guidance_scale)
+                                   guidance_scale=guidance_scale, layout=layout)
         for j, generated in enumerate(images):
             result = score_image(generated.image, item.prompt)
             results.append(result)
@@ -108,7 +109,8 @@ def run_suite(
     settings = {"images_per_prompt": images_per_prompt, "num_steps": num_steps,
                 "sampler": sampler, "guidance_scale": guidance_scale, "base_seed": base_seed,
                 "guidance_interval": guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
-                "compute_dtype": getattr(pipeline, "compute_dtype", "float32")}
+                "compute_dtype": getattr(pipeline, "compute_dtype", "float32"),
+                "layout": layout}
     return SuiteReport(suite=suite, settings=settings, scores=scores, intervals=intervals,
                        seconds_per_image=elapsed / max(1, len(results)), results=results,
                        seeds=seeds)

@@ -50,6 +50,7 @@ from pictor.evaluation.metrics import (
 )
 from pictor.pipeline import (
     DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_LAYOUT,
     DEFAULT_NUM_STEPS,
     DEFAULT_SAMPLER,
     canonical_sampler_name,
@@ -58,7 +59,7 @@ from pictor.pipeline import (
 REFERENCE_SEED_OFFSET = 1_000_000  # held-out real renders: suite namespace, seeds from here on
 FLOOR_NAMESPACE = "train"
 FLOOR_SEED_OFFSET = 2**63  # floor renders: beyond every synth run's example seeds
-SWEEP_KEYS = ("steps", "guidance", "sampler")  # what --sweep may vary
+SWEEP_KEYS = ("steps", "guidance", "sampler", "layout")  # what --sweep may vary
 _LEAST_DIVERSE_SHOWN = 5
 
 
@@ -75,22 +76,25 @@ class SamplingSettings:
     num_steps: int = DEFAULT_NUM_STEPS  # sampler steps
     sampler: str = DEFAULT_SAMPLER  # canonical sampler name
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE  # classifier-free guidance scale
+    layout: bool = DEFAULT_LAYOUT  # layout guidance for prompts with a relation (pictor.guidance)
 
     def with_value(self, key: str, value: Any) -> SamplingSettings:
         """These settings with one sweep key (`SWEEP_KEYS`) set to value."""
-        name = {"steps": "num_steps", "guidance": "guidance_scale", "sampler": "sampler"}[key]
+        name = {"steps": "num_steps", "guidance": "guidance_scale", "sampler": "sampler",
+                "layout": "layout"}[key]
         return replace(self, **{name: value})
 
     def value_of(self, key: str) -> Any:
         return {"steps": self.num_steps, "guidance": self.guidance_scale,
-                "sampler": self.sampler}[key]
+                "sampler": self.sampler, "layout": "on" if self.layout else "off"}[key]
 
     def to_dict(self) -> dict[str, Any]:
         return {"num_steps": self.num_steps, "sampler": self.sampler,
-                "guidance_scale": self.guidance_scale}
+                "guidance_scale": self.guidance_scale, "layout": self.layout}
 
     def label(self) -> str:
-        return f"{self.sampler}, {self.num_steps} steps, guidance {self.guidance_scale:g}"
+        return (f"{self.sampler}, {self.num_steps} steps, guidance {self.guidance_scale:g}"
+                + ("" if self.layout else ", no layout guidance"))
 
 
 def parse_sweep(text: str) -> tuple[str, list[Any]]:
@@ -115,11 +119,16 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
                 value = float(item)
                 if not math.isfinite(value):
                     raise ValueError
+            elif key == "layout":
+                if item.lower() not in ("on", "off"):
+                    raise ValueError
+                value = item.lower() == "on"
             else:
                 value = canonical_sampler_name(item)
         except ValueError as err:
-            detail = str(err) if key == "sampler" else (
-                "an integer >= 1" if key == "steps" else "a finite number")
+            detail = str(err) if key == "sampler" else {
+                "steps": "an integer >= 1", "guidance": "a finite number",
+                "layout": "on or off"}[key]
             raise ValueError(f"sweep value {item!r} of {key}: {detail}") from None
         if value not in values:
             values.append(value)
@@ -334,7 +343,7 @@ def evaluate(pipelines: Sequence[Generates], *, suite: str = DEFAULT_SUITE,
         report = run_suite(pipe, suite, images_per_prompt=images_per_prompt,
                            num_steps=at.num_steps, sampler=at.sampler,
                            guidance_scale=at.guidance_scale, base_seed=base_seed,
-                           progress=progress,
+                           progress=progress, layout=at.layout,
                            on_image=lambda generated, _: images.append(generated.image))
         run = RunResult(at, report, mean_rate_interval(_outcomes_by_category(report)))
         if features is not None:

@@ -181,16 +181,26 @@ class Upsample(nn.Module):
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Multi-head attention softmax(Q K^T / sqrt(d)) V (Vaswani et al. 2017, Eq. 1).
+    """Multi-head attention softmax(Q K^T / sqrt(d) + bias) V (Vaswani et al. 2017, Eq. 1).
 
     key_mask marks the keys each query may attend to (True = real token, False = padding);
     masked keys get weight exactly 0, so padding never changes the output. A row whose keys are
     all masked attends to nothing and returns 0 (instead of the NaN of an empty softmax).
+    bias: optional additive logits, (B, 1 or heads, N, L) (layout guidance, pictor.guidance).
 
     q: (B, heads, N, d), k, v: (B, heads, L, d), key_mask: (B, L) bool | None -> (B, heads, N, d)
     """
+    if bias is not None:
+        bias = bias.to(q.dtype)
+        if key_mask is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        safe_mask, has_key = _safe_key_mask(key_mask)
+        bias = bias.masked_fill(~safe_mask[:, None, None, :], float("-inf"))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return out * has_key[:, None, None, None].to(out.dtype)
     if key_mask is None:
         return F.scaled_dot_product_attention(q, k, v)
     if key_mask.dtype != torch.bool:
@@ -260,23 +270,30 @@ class CrossAttention(nn.Module):
         self.record_min_tokens = 0
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """bias: optional additive attention logits (B, N, L), the same for every head."""
         k, v = self.kv(context).chunk(2, dim=-1)  # 2 x (B, L, C)
         q = _split_heads(self.q(x), self.num_heads)
         k, v = _split_heads(k, self.num_heads), _split_heads(v, self.num_heads)
+        if bias is not None:
+            bias = bias[:, None]  # (B, 1, N, L): broadcast over heads
         if self.record is not None and q.shape[2] >= self.record_min_tokens:
-            h = self._attention_recorded(q, k, v, context_mask)
+            h = self._attention_recorded(q, k, v, context_mask, bias)
         else:
-            h = attention(q, k, v, context_mask)
+            h = attention(q, k, v, context_mask, bias)
         return self.out(_merge_heads(h))
 
     def _attention_recorded(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            key_mask: torch.Tensor | None) -> torch.Tensor:
+                            key_mask: torch.Tensor | None, bias: torch.Tensor | None = None
+                            ) -> torch.Tensor:
         """`attention` with explicit probabilities (float32), which go to self.record averaged
         over heads, (B, N, L); same output up to rounding."""
         with torch.autocast(q.device.type, enabled=False):  # float32 even under autocast
             logits = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+            if bias is not None:
+                logits = logits + bias.float()
             if key_mask is not None:  # rows with no key attend to nothing, as in `attention`
                 safe, has_key = _safe_key_mask(key_mask)
                 logits = logits.masked_fill(~safe[:, None, None, :], float("-inf"))
@@ -370,7 +387,10 @@ class TransformerBlock(nn.Module):
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """layout: optional cross-attention logit bias per text token over the image, (B, L, S, S)
+        at any square resolution S, area-averaged to this block's H x W (pictor.guidance)."""
         b, c, height, width = x.shape
         h = x.flatten(2).transpose(1, 2)  # (B, N=H*W, C)
         if self.pos is not None:
@@ -382,7 +402,12 @@ class TransformerBlock(nn.Module):
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention; pass context (B, L, D)")
-            h = h + self.cross_attn(self.norm2(h), context, context_mask)
+            bias = None
+            if layout is not None:
+                if layout.shape[-2:] != (height, width):
+                    layout = F.adaptive_avg_pool2d(layout, (height, width))
+                bias = layout.flatten(2).transpose(1, 2)  # (B, N, L)
+            h = h + self.cross_attn(self.norm2(h), context, context_mask, bias)
         if self.mlp is not None:
             h = h + self.mlp(self.norm3(h))
         return h.transpose(1, 2).reshape(b, c, height, width)  # (B, C, H, W)

@@ -200,10 +200,10 @@ class _Stage(nn.Module):
         )
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | None, layout: torch.Tensor | None = None) -> torch.Tensor:
         h = self.res(h, emb)
         if self.attn is not None:
-            h = self.attn(h, context, mask)
+            h = self.attn(h, context, mask, layout)
         return h
 
 
@@ -310,7 +310,11 @@ class UNet(nn.Module):
         context_mask: torch.Tensor | None = None,
         *,
         context_prepared: bool = False,
+        layout: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """layout: optional (B, L, S, S) logits added to every cross-attention's scores of each
+        text token over the image (area-averaged to each block's resolution): layout guidance,
+        pictor.guidance. None: the plain network."""
         cfg = self.config
         b, c, height, width = x.shape  # (B, C_in, H, W)
         f = cfg.downsampling_factor
@@ -325,6 +329,11 @@ class UNet(nn.Module):
         context, context_mask = self._text_inputs(b, context, context_mask)
         if context is not None and not (given and context_prepared):
             context = self.prepare_context(context, context_mask)
+        if layout is not None and (context is None or layout.ndim != 4
+                                   or layout.shape[:2] != context.shape[:2]):
+            raise ValueError(f"layout must have shape (B, L, S, S) matching the context's (B, L) "
+                             f"= {None if context is None else tuple(context.shape[:2])}, got "
+                             f"{tuple(layout.shape)}")
 
         emb = self.time_mlp(timestep_embedding(t, cfg.channels[0]).to(x.dtype))  # (B, E)
         if self.pool_proj is not None:
@@ -340,18 +349,18 @@ class UNet(nn.Module):
         skips = [h] if extra else []
         for i, stages in enumerate(self.down):
             for stage in stages:
-                h = stage(h, emb, context, context_mask)
+                h = stage(h, emb, context, context_mask, layout)
                 skips.append(h)
             if i < len(self.downsamplers):
                 h = self.downsamplers[i](h)
                 if extra:
                     skips.append(h)
 
-        h = self.mid2(self.mid1(h, emb, context, context_mask), emb)
+        h = self.mid2(self.mid1(h, emb, context, context_mask, layout), emb)
 
         for j, stages in enumerate(self.up):
             for stage in stages:
-                h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+                h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask, layout)
             if j < len(self.upsamplers):
                 h = self.upsamplers[j](h)
 

@@ -44,6 +44,7 @@ from pictor.guidance import CFG
 from pictor.pipeline import (
     DEFAULT_GUIDANCE_INTERVAL,
     DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_LAYOUT,
     DEFAULT_NUM_STEPS,
     DEFAULT_SAMPLER,
     STOCHASTIC_SAMPLERS,
@@ -72,6 +73,7 @@ class GenerationRequest:
     num_steps: int = DEFAULT_NUM_STEPS
     sampler: str = DEFAULT_SAMPLER  # any name get_sampler accepts; records use the canonical one
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    layout: bool = DEFAULT_LAYOUT  # layout guidance for prompts with a relation (pictor.guidance)
 
     @property
     def seeds(self) -> list[int]:
@@ -95,14 +97,15 @@ def check_request(pipe: Pipeline, request: GenerationRequest) -> None:
 
 def conditioning(pipe: Pipeline, request: GenerationRequest) -> tuple[dict, dict]:
     """The solo cond and uncond dicts of the request (batch 1, trimmed as the pipeline does)."""
-    return pipe.conditions(request.prompt, request.negative_prompt)
+    return pipe.conditions(request.prompt, request.negative_prompt, layout=request.layout)
 
 
 def batch_key(pipe: Pipeline, request: GenerationRequest) -> tuple[Any, ...]:
     """Requests with equal keys can share one sampler call (see the module docstring)."""
     cond, _ = conditioning(pipe, request)
     return (pipe.model_sha256, canonical_sampler_name(request.sampler), int(request.num_steps),
-            float(request.guidance_scale), request.guided, int(cond["context"].shape[1]))
+            float(request.guidance_scale), request.guided, int(cond["context"].shape[1]),
+            "layout" in cond)  # a layout-guided request's conds carry one more tensor
 
 
 class BatchCancelled(Exception):
@@ -128,13 +131,15 @@ def _exact_denoiser(pipe: Pipeline, sizes: Sequence[int],
     """The pipeline's denoiser, but the network runs once per request on that request's rows
     (the solo shapes); rows of cancelled requests are skipped (zeros: their results are
     discarded)."""
-    run_unet = pipe.run_unet
+    run_unet, min_t = pipe.run_unet, pipe.layout_settings.min_t
 
     def model(x, t, c):  # x (M, C, h, w), t (M,), c: {"context": (M, L, D), "mask": (M, L)}
         out = torch.zeros_like(x)
+        layout = c.get("layout") if float(t.max()) >= min_t else None  # as Pipeline.denoiser
         for r, rows in enumerate(_row_groups(sizes, x.shape[0])):
             if is_active(r):
-                out[rows] = run_unet(x[rows], t[rows], c["context"][rows], c["mask"][rows])
+                out[rows] = run_unet(x[rows], t[rows], c["context"][rows], c["mask"][rows],
+                                     None if layout is None else layout[rows])
         return out
 
     return Denoiser(model=model, schedule=pipe.schedule, prediction_type=pipe.prediction_type)
@@ -224,7 +229,8 @@ def provenance_record(pipe: Pipeline, request: GenerationRequest, seed: int, wid
         model_name=pipe.model_name, model_sha256=pipe.model_sha256,
         negative_prompt=request.negative_prompt, width=width, height=height,
         extra={"guidance_interval": guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
-               "compute_dtype": pipe.compute_dtype, **(extra or {})})
+               "compute_dtype": pipe.compute_dtype, "layout": bool(request.layout),
+               **(extra or {})})
 
 
 def decode_request(pipe: Pipeline, request: GenerationRequest, z: torch.Tensor

@@ -81,7 +81,7 @@ def job_json(request: Request, job: Job) -> dict:
                  "record": im.record} for im in job.images],
         request={"prompt": r.prompt, "negative_prompt": r.negative_prompt, "n": r.num_images,
                  "seed": r.seed, "steps": r.num_steps, "guidance": r.guidance_scale,
-                 "sampler": r.sampler},
+                 "sampler": r.sampler, "layout": r.layout},
         queue_position=_jobs(request).queue_position(job),
         cancel_requested=job.cancel_requested, batch_id=job.batch_id,
         batch_num_images=job.batch_num_images, created_at=job.created_at,
@@ -99,7 +99,8 @@ def create_generation(body: GenerationIn, request: Request):
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
     gen = GenerationRequest(prompt=body.prompt, negative_prompt=body.negative_prompt,
                             num_images=body.n, seed=seed, num_steps=body.steps,
-                            sampler=body.sampler, guidance_scale=body.guidance)
+                            sampler=body.sampler, guidance_scale=body.guidance,
+                            layout=body.layout)
     if not reasons:
         try:
             check_request(pipe, gen)  # the pipeline's own checks (sampler name, ...)

@@ -6,7 +6,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pictor.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, DEFAULT_SAMPLER
+from pictor.pipeline import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_LAYOUT,
+    DEFAULT_NUM_STEPS,
+    DEFAULT_SAMPLER,
+)
 
 
 class GenerationIn(BaseModel):
@@ -25,6 +30,9 @@ class GenerationIn(BaseModel):
                                                                 "scale (1: conditional only)")
     sampler: str = Field(DEFAULT_SAMPLER, description="ddpm, ddim, dpm++2m, dpm++2m-karras, "
                                                       "euler (or an alias)")
+    layout: bool = Field(DEFAULT_LAYOUT, description="layout guidance: the two objects of a "
+                         "prompt's spatial relation ('A to the left of B', right of, above, "
+                         "below) steered to their sides in the first steps")
 
 
 class GenerationAccepted(BaseModel):

@@ -123,12 +123,15 @@ def test_parse_sweep():
     assert parse_sweep("steps=5,10, 20,10") == ("steps", [5, 10, 20])
     assert parse_sweep("guidance=1,3.5") == ("guidance", [1.0, 3.5])
     assert parse_sweep("sampler=DDIM,dpm++2m") == ("sampler", ["ddim", "dpm++2m"])
+    assert parse_sweep("layout=on,OFF") == ("layout", [True, False])
     for bad, message in [("steps", "KEY="), ("seed=1,2", "KEY="), ("steps=0", ">= 1"),
                          ("steps=", "no values"), ("guidance=nan", "finite"),
-                         ("sampler=plms", "unknown sampler")]:
+                         ("sampler=plms", "unknown sampler"), ("layout=yes", "on or off")]:
         with pytest.raises(ValueError, match=message):
             parse_sweep(bad)
     assert SamplingSettings().with_value("steps", 5).num_steps == 5
+    off = SamplingSettings().with_value("layout", False)
+    assert not off.layout and off.value_of("layout") == "off" and "no layout" in off.label()
 
 
 def test_without_features_the_report_has_scores_only(tmp_path):

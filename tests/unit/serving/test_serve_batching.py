@@ -6,7 +6,7 @@ cannot share a call; cancelled requests stop costing network calls."""
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,8 @@ def pipe(tmp_path_factory):
 def solo(pipe, r: GenerationRequest):
     return pipe.generate(r.prompt, num_images=r.num_images, seed=r.seed,
                          num_steps=r.num_steps, sampler=r.sampler,
-                         guidance_scale=r.guidance_scale, negative_prompt=r.negative_prompt)
+                         guidance_scale=r.guidance_scale, negative_prompt=r.negative_prompt,
+                         layout=r.layout)
 
 
 def assert_batch_equals_solo(pipe, requests, **kwargs):
@@ -53,6 +54,17 @@ def test_batch_of_different_prompts_equals_solo_calls(pipe):
                                   num_steps=8),
                 GenerationRequest("a white star", num_images=3, seed=3, num_steps=8)]
     assert_batch_equals_solo(pipe, requests)
+
+
+def test_layout_guided_requests_batch_and_equal_solo_calls(pipe):
+    relations = [GenerationRequest("a red circle above a blue square", num_images=2, seed=3,
+                                   num_steps=8),
+                 GenerationRequest("a white star below a green circle", num_images=1, seed=9,
+                                   num_steps=8)]
+    assert_batch_equals_solo(pipe, relations)
+    unsteered = replace(relations[0], layout=False)
+    assert batch_key(pipe, unsteered) != batch_key(pipe, relations[0])
+    assert_batch_equals_solo(pipe, [unsteered])
 
 
 @pytest.mark.parametrize("sampler, guidance", [("ddim", 1.0), ("euler", 0.0), ("ddpm", 4.0)])

@@ -102,6 +102,7 @@ function recordRows(record) {
     ["seed", record.seed],
     ["sampler", `${record.sampler}, ${record.num_steps} steps`],
     ["guidance", record.guidance_scale],
+    ["layout guidance", record.extra && record.extra.layout ? "on" : "off"],
     ["model", `${record.model_name} (${record.model_sha256.slice(0, 12)}…)`],
     ["created", record.created],
     ["source", record.digital_source_type.split("/").pop()],
@@ -224,6 +225,7 @@ async function submit(event) {
     steps: parseInt($("steps").value, 10),
     guidance: parseFloat($("guidance").value),
     sampler: $("sampler").value,
+    layout: $("layout").checked,
   };
   if ($("seed").value !== "") body.seed = parseInt($("seed").value, 10);
   const button = $("generate");

@@ -1,0 +1,97 @@
+"""Layout guidance (pictor.guidance): the planner reads relations and counts from prompts; the bias has its closed
+form; the network applies it (a dominant bias hands a query to its token, padding stays masked,
+the block pools it to its resolution)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pictor.guidance import LayoutSettings, layout_bias, plan_layout
+from pictor.networks.layers import CrossAttention, TransformerBlock
+
+PROMPT = "A red circle to the left of a blue square"
+
+
+def words(prompt, plan):
+    return [[prompt[a:b] for a, b in obj.spans] for obj in plan.objects]
+
+
+@pytest.mark.parametrize("relation,direction", [
+    ("to the left of", (-1, 0)), ("to the right of", (1, 0)), ("above", (0, -1)),
+    ("below", (0, 1)), ("left of", (-1, 0)), ("on top of", (0, -1)), ("under", (0, 1)),
+])
+def test_a_relation_places_the_two_phrases_on_opposite_sides(relation, direction):
+    prompt = f"a red circle {relation} a blue square."
+    plan = plan_layout(prompt, "all", LayoutSettings(offset=0.4))
+    assert plan.relation == relation
+    assert words(prompt, plan) == [["red", "circle"], ["blue", "square"]]
+    a, b = (obj.center for obj in plan.objects)
+    assert a == pytest.approx((0.4 * direction[0], 0.4 * direction[1]))
+    assert b == pytest.approx((-0.4 * direction[0], -0.4 * direction[1]))
+
+
+def test_color_words_are_steered_when_a_phrase_has_them_else_its_content_words():
+    plan = plan_layout(PROMPT, "color")
+    assert words(PROMPT, plan) == [["red"], ["blue"]]
+    prompt = "the cat above a big dog"
+    assert words(prompt, plan_layout(prompt, "color")) == [["cat"], ["big", "dog"]]
+
+
+@pytest.mark.parametrize("prompt", [
+    "a red circle", "a red circle and a blue square", "to the left of a blue square",
+    "a red circle to the left of", "a star above a circle below a square", "", "three stars",
+])
+def test_prompts_without_one_complete_relation_or_a_count_have_no_plan(prompt):
+    assert plan_layout(prompt) is None
+
+
+def test_unknown_word_choice_is_an_error():
+    with pytest.raises(ValueError, match="layout words"):
+        plan_layout(PROMPT, "nouns")
+
+
+def test_bias_has_its_closed_form():
+    settings = LayoutSettings(strength=7.0, offset=0.4, sigma=0.3)
+    plan = plan_layout(PROMPT, "color", settings)
+    # [CLS] a red circle to the left of a blue square [SEP]: "red" is token 2, "blue" token 9
+    offsets = [(0, 0), (0, 1), (2, 5), (6, 12), (13, 15), (16, 19), (20, 24), (25, 27),
+               (28, 29), (30, 34), (35, 41), (0, 0)]
+    bias = layout_bias(plan, offsets, length=12, side=5, settings=settings)
+    assert bias.shape == (1, 12, 5, 5)
+    others = [i for i in range(12) if i not in (2, 9)]
+    assert bias[0, others].abs().max() == 0
+    # pixel centres of a 5x5 map: -0.8, -0.4, 0, 0.4, 0.8; "red" is centred at (x, y) = (-0.4, 0)
+    assert float(bias[0, 2, 2, 1]) == pytest.approx(7.0)
+    d2 = (0.8 + 0.4) ** 2 + 0.8 ** 2  # pixel (row 0, col 4) from (-0.4, 0)
+    assert float(bias[0, 2, 0, 4]) == pytest.approx(7.0 * (2 * math.exp(-d2 / 0.18) - 1))
+    torch.testing.assert_close(bias[0, 9], bias[0, 2].flip(-1))  # "blue" mirrored at (0.4, 0)
+
+
+def test_a_dominant_bias_hands_every_query_to_its_token_and_padding_stays_masked():
+    torch.manual_seed(0)
+    attn = CrossAttention(16, 8, num_heads=2).eval()
+    x, context = torch.randn(2, 6, 16), torch.randn(2, 4, 8)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    bias = torch.zeros(2, 6, 4)
+    bias[:, :, 1] = 1e4                   # every pixel to token 1
+    bias[0, :, 3] = 2e4                   # a padding key: stays masked whatever its bias
+    got = attn(x, context, mask, bias)
+    v = attn.kv(context).chunk(2, dim=-1)[1]
+    want = attn.out(v[:, 1:2].expand(2, 6, 16))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    zero = attn(x, context, mask, torch.zeros(2, 6, 4))
+    torch.testing.assert_close(zero, attn(x, context, mask), atol=1e-6, rtol=1e-6)
+
+
+def test_block_pools_a_finer_layout_to_its_resolution():
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 8, num_heads=2).eval()
+    x, context = torch.randn(1, 16, 4, 4), torch.randn(1, 3, 8)
+    fine = torch.randn(1, 3, 8, 8) * 3
+    coarse = torch.nn.functional.avg_pool2d(fine, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, context, None, fine), block(x, context, None, coarse))
+        assert not torch.allclose(block(x, context, None, coarse), block(x, context))
