@@ -6,6 +6,10 @@ Generates `--images-per-prompt` images for every prompt of the suite (20-step DP
 the default guidance unless told otherwise), scores them with the project scorer and writes
 benchmarks/results/geneval_shapes.json, the per-image verdicts beside the model
 (`<model>/eval/geneval_shapes.json`) and a table section in BENCHMARKS.md.
+
+The score is that of `pictor generate`'s defaults, layout guidance included (pictor.guidance;
+it acts on `position` prompts only). The same images without it (`--layout off`, the model
+alone) are scored too and shown beside it; `--no-compare-layout` skips them.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", default="dpm++2m")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-compare-layout", action="store_true",
+                        help="do not also score the model without layout guidance")
     args = parser.parse_args(argv)
 
     import torch
@@ -46,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     report = run_suite(pipeline, args.suite, images_per_prompt=args.images_per_prompt,
                        num_steps=args.steps, sampler=args.sampler,
                        guidance_scale=args.guidance)
+    alone = None if args.no_compare_layout else run_suite(
+        pipeline, args.suite, images_per_prompt=args.images_per_prompt, num_steps=args.steps,
+        sampler=args.sampler, guidance_scale=args.guidance, layout=False)
     data = {"model": str(args.model), "model_sha256": pipeline.model_sha256,
             "environment": environment(), **report.to_dict()}
+    if alone is not None:
+        data["without_layout_guidance"] = {"scores": alone.scores,
+                                           "intervals_95": alone.to_dict()["intervals_95"]}
     images = data.pop("images")
     write_json("geneval_shapes", data)
     eval_dir = args.model / "eval"
@@ -59,15 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     for category, score in report.scores.items():
         lo, hi = report.intervals.get(category, (None, None))
         ci = f"{lo:.2f}-{hi:.2f}" if lo is not None else "-"
-        rows.append([category, f"{score:.3f}", ci])
+        rows.append([category, f"{score:.3f}", ci]
+                    + ([] if alone is None else [f"{alone.scores[category]:.3f}"]))
     s = report.settings
     body = (
         f"`{args.suite}` score of `{args.model}` (sha256 {data['model_sha256'][:12]}...): "
         f"{s['images_per_prompt']} images per prompt, {s['sampler']} {s['num_steps']} steps, "
         f"guidance {s['guidance_scale']}, {report.seconds_per_image:.3f} s/image. Targets "
         "(issue 5): overall >= 0.90, every category >= 0.80. Written by "
-        f"`benchmarks/geneval_shapes.py` ({data['environment']['date_utc']}).\n\n"
-        + markdown_table(["category", "score", "95% interval"], rows)
+        f"`benchmarks/geneval_shapes.py` ({data['environment']['date_utc']}). The score is "
+        "with layout guidance (the default; it changes `position` prompts only)"
+        + ("" if alone is None else "; the last column is the model alone, `--layout off`")
+        + ".\n\n"
+        + markdown_table(["category", "score", "95% interval"]
+                         + ([] if alone is None else ["without layout guidance"]), rows)
     )
     update_markdown_section("geneval_shapes", body)
     print(body)
