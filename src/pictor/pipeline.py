@@ -438,6 +438,14 @@ class Pipeline:
         return cond, uncond
 
     # ------------------------------------------------------------------ layout guidance
+    def step_layout(self, t: torch.Tensor, cond: dict) -> torch.Tensor | None:
+        """The layout bias a network call at timesteps t gets: cond's "layout" (conditions with
+        layout=True) while t >= layout_settings.min_t, else None (the plain network)."""
+        layout = cond.get("layout")
+        if layout is None or float(t.max()) < self.layout_settings.min_t:
+            return None
+        return layout
+
     @property
     def layout_words(self) -> str:
         """The words layout guidance steers: the colour words for a model whose grounding loss
@@ -475,13 +483,10 @@ class Pipeline:
     # ------------------------------------------------------------------ sampling
     def denoiser(self) -> Denoiser:
         """The U-Net as a `pictor.diffusion.denoiser.Denoiser` over {"context", "mask"} conds."""
-        run_unet, min_t = self.run_unet, self.layout_settings.min_t
+        run_unet, step_layout = self.run_unet, self.step_layout
 
         def model(x, t, c):  # x (B, C, h, w), t (B,), c: {"context": (B, L, D), "mask": (B, L)}
-            layout = c.get("layout")  # layout guidance (conditions(layout=True)) while t >= min_t
-            if layout is not None and float(t.max()) < min_t:
-                layout = None
-            return run_unet(x, t, c["context"], c["mask"], layout)
+            return run_unet(x, t, c["context"], c["mask"], step_layout(t, c))
 
         return Denoiser(model=model, schedule=self.schedule, prediction_type=self.prediction_type)
 

@@ -131,11 +131,11 @@ def _exact_denoiser(pipe: Pipeline, sizes: Sequence[int],
     """The pipeline's denoiser, but the network runs once per request on that request's rows
     (the solo shapes); rows of cancelled requests are skipped (zeros: their results are
     discarded)."""
-    run_unet, min_t = pipe.run_unet, pipe.layout_settings.min_t
+    run_unet = pipe.run_unet
 
     def model(x, t, c):  # x (M, C, h, w), t (M,), c: {"context": (M, L, D), "mask": (M, L)}
         out = torch.zeros_like(x)
-        layout = c.get("layout") if float(t.max()) >= min_t else None  # as Pipeline.denoiser
+        layout = pipe.step_layout(t, c)
         for r, rows in enumerate(_row_groups(sizes, x.shape[0])):
             if is_active(r):
                 out[rows] = run_unet(x[rows], t[rows], c["context"][rows], c["mask"][rows],
