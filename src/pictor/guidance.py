@@ -219,6 +219,17 @@ def guided_model(denoiser: Denoiser, guidance: CFG) -> Denoiser:
 # Prompts without exactly one such relation get no layout, and the images are those of the
 # plain model. The defaults were chosen on the `validation-shapes` suite's position prompts (not
 # the benchmark's): shapes-v5's position score there went from 0.48 to 0.94 (docs/grounding.md).
+#
+# Count emphasis (rule "count"): how many objects there are is decided in the same high-noise
+# steps, and a count word weighs little among the prompt's tokens ("three stars" is drawn with
+# four stars about a third of the time by shapes-v5). While t >= `min_t`, the scores of a count
+# word's tokens get `count_strength` added at every pixel, so that every pixel reads more of the
+# count (prompt weighting by attention, cf. the token re-weighting of Prompt-to-Prompt, Hertz et
+# al. 2022). Chosen on validation-shapes' counting prompts with 320 images over three seed sets
+# (not the benchmark's): 0.766 -> 0.825 at count_strength 10 (docs/grounding.md).
+#
+# The rules (LAYOUT_RULES) are recorded with each image, so that images made before a rule
+# existed are reproduced without it.
 
 LayoutWords = Literal["color", "all"]
 
@@ -240,6 +251,12 @@ _RELATION_RE = re.compile(
     r"\b(" + "|".join(sorted((re.escape(r) for r in RELATIONS), key=len, reverse=True)) + r")\b")
 _WORD_RE = re.compile(r"[\w'-]+")
 ARTICLES = frozenset({"a", "an", "the", "one", "some"})
+NUMBER_WORDS = frozenset({
+    "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+})
+_NUMBER_RE = re.compile(r"\b(" + "|".join(sorted(NUMBER_WORDS)) + r"|[2-9]|1[0-2])\b")
+# The rules of layout guidance, in the order they were added; records list the ones applied.
+LAYOUT_RULES = ("relation", "count")
 COLOR_WORDS = frozenset({
     "red", "green", "blue", "yellow", "orange", "purple", "cyan", "white", "black", "gray",
     "grey", "brown", "pink", "magenta", "violet", "gold", "silver", "beige", "navy", "teal",
@@ -254,10 +271,13 @@ class LayoutSettings:
     offset: float = 0.5     # object centres at +-offset along the relation's axis, in [-1, 1]
     sigma: float = 0.5      # width of each object's region, same units
     min_t: float = 300.0    # steer the steps whose timestep is >= min_t (of T = 1000)
+    count_strength: float = 10.0  # attention-logit bias of count words at every pixel
 
     def __post_init__(self) -> None:
         if not self.strength >= 0:
             raise ValueError(f"layout strength must be >= 0, got {self.strength}")
+        if not self.count_strength >= 0:
+            raise ValueError(f"count strength must be >= 0, got {self.count_strength}")
         if not self.sigma > 0:
             raise ValueError(f"layout sigma must be > 0, got {self.sigma}")
         if not 0 <= self.offset <= 1:
@@ -331,4 +351,44 @@ def layout_bias(plan: LayoutPlan, offsets: Sequence[tuple[int, int]], length: in
         for pos, (a, b) in enumerate(offsets[:length]):
             if b > a and any(a < e and b > s for s, e in obj.spans):
                 bias[0, pos] = region
+    return bias
+
+
+def count_spans(prompt: str) -> tuple[tuple[int, int], ...]:
+    """Character spans of the count words of a prompt ("two" .. "twelve", 2 .. 12)."""
+    return tuple(m.span() for m in _NUMBER_RE.finditer(prompt.lower()))
+
+
+def layout_rules(value: bool | Sequence[str] | None) -> tuple[str, ...]:
+    """The layout rules a `layout` argument asks for: True -> every rule (LAYOUT_RULES), False
+    or None -> none, a sequence of rule names -> those, in LAYOUT_RULES order (ValueError
+    naming the rules for an unknown one)."""
+    if value is None or value is False:
+        return ()
+    if value is True:
+        return LAYOUT_RULES
+    if isinstance(value, str):
+        value = (value,)
+    unknown = [r for r in value if r not in LAYOUT_RULES]
+    if unknown:
+        raise ValueError(f"unknown layout rule(s) {unknown}; the rules are {list(LAYOUT_RULES)}")
+    return tuple(r for r in LAYOUT_RULES if r in value)
+
+
+def prompt_layout_bias(prompt: str, offsets: Sequence[tuple[int, int]], length: int, side: int,
+                       rules: Sequence[str] = LAYOUT_RULES, words: LayoutWords = "all",
+                       settings: LayoutSettings = LayoutSettings()) -> torch.Tensor | None:
+    """The attention-logit bias (1, length, side, side) that the layout rules give `prompt`: its
+    relation's regions ("relation", `layout_bias`) plus count_strength at every pixel for the
+    tokens of its count words ("count"); None if no rule applies to the prompt."""
+    rules = layout_rules(rules)
+    plan = plan_layout(prompt, words, settings) if "relation" in rules else None
+    counts = count_spans(prompt) if "count" in rules and settings.count_strength else ()
+    if plan is None and not counts:
+        return None
+    bias = (layout_bias(plan, offsets, length, side, settings) if plan is not None
+            else torch.zeros(1, length, side, side))
+    for pos, (a, b) in enumerate(offsets[:length]):
+        if b > a and any(a < e and b > s for s, e in counts):
+            bias[0, pos] += settings.count_strength
     return bias

@@ -38,7 +38,14 @@ from pictor.config import TrainConfig, config_from_yaml_text
 from pictor.diffusion.denoiser import Denoiser
 from pictor.diffusion.forward import q_sample
 from pictor.diffusion.schedules import NoiseSchedule
-from pictor.guidance import CFG, LayoutSettings, expand_cond, layout_bias, plan_layout
+from pictor.guidance import (
+    CFG,
+    LayoutSettings,
+    expand_cond,
+    layout_rules,
+    plan_layout,
+    prompt_layout_bias,
+)
 from pictor.networks.codec import LatentCodec, build_codec
 from pictor.networks.io import load_module
 from pictor.networks.unet import UNet, UNetConfig
@@ -78,9 +85,24 @@ DEFAULT_COMPUTE_DTYPE = "auto"
 TRACE_AFTER_CALLS: int | None = 30
 MAX_TRACED_SHAPES = 16  # least recently used traces are dropped beyond this
 # Layout guidance (pictor.guidance): a prompt that states one spatial relation ("A to the left of
-# B") has its objects' words steered to their sides in the first steps. Records say whether it
-# ran (extra["layout"]); records without the key were made without it.
+# B") has its objects' words steered to their sides in the first steps, and its count words
+# weigh more there. Records say whether it ran (extra["layout"]) and with which rules
+# (extra["layout_rules"]); records without the first were made without it, records without the
+# second with the relation rule only (the one rule before "count" was added).
 DEFAULT_LAYOUT = True
+
+
+def layout_extra(layout: bool | Sequence[str]) -> dict[str, Any]:
+    """What a record's extra says about layout guidance (see DEFAULT_LAYOUT)."""
+    rules = layout_rules(layout)
+    return {"layout": bool(rules), **({"layout_rules": list(rules)} if rules else {})}
+
+
+def layout_from_extra(extra: dict[str, Any]) -> tuple[str, ...]:
+    """The layout rules a record's extra says the image was made with (layout_extra)."""
+    if not extra.get("layout", False):
+        return ()
+    return layout_rules(extra.get("layout_rules", ["relation"]))
 
 
 @lru_cache(maxsize=1)
@@ -414,13 +436,14 @@ class Pipeline:
             return None
         return EmbeddingDiskCache(root, f"{identity}|device={self.device.type}")
 
-    def conditions(self, prompt: str, negative_prompt: str = "", layout: bool = False
-                   ) -> tuple[dict, dict]:
+    def conditions(self, prompt: str, negative_prompt: str = "",
+                   layout: bool | Sequence[str] = False) -> tuple[dict, dict]:
         """cond and uncond dicts (batch 1) trimmed to the longest real token run of the two,
         their tokens already through the U-Net's text adapter if it has one (run_unet passes
         context_prepared=True, so the adapter runs once per prompt, not once per step).
-        layout=True and a prompt with a plan (`layout_plan`): both dicts also hold "layout", the
-        attention bias (1, L, h, w) of layout guidance, zero in the uncond one."""
+        layout (True: every rule, or rule names; guidance.layout_rules) and a prompt that a rule
+        applies to: both dicts also hold "layout", the attention bias (1, L, h, w) of layout
+        guidance, zero in the uncond one."""
         (ce, cm), (ue, um) = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         length = max(1, int(cm.sum()), int(um.sum()))
         ce, cm, ue, um = ce[:, :length], cm[:, :length], ue[:, :length], um[:, :length]
@@ -430,10 +453,14 @@ class Pipeline:
                 ce = self.unet.prepare_context(ce.to(dtype), cm).to(ce.dtype)
                 ue = self.unet.prepare_context(ue.to(dtype), um).to(ue.dtype)
         cond, uncond = {"context": ce, "mask": cm}, {"context": ue, "mask": um}
-        plan = self.layout_plan(prompt) if layout else None
-        if plan is not None:
-            bias = layout_bias(plan, self._token_offsets(prompt), length, self.latent_shape[-1],
-                               self.layout_settings).to(self.device)
+        rules = layout_rules(layout)
+        bias = None
+        if rules and self._tokenizer_file() is not None:
+            bias = prompt_layout_bias(prompt, self._token_offsets(prompt), length,
+                                      self.latent_shape[-1], rules, self.layout_words,
+                                      self.layout_settings)
+        if bias is not None:
+            bias = bias.to(self.device)
             cond["layout"], uncond["layout"] = bias, torch.zeros_like(bias)
         return cond, uncond
 
@@ -513,10 +540,11 @@ class Pipeline:
                        sampler: str, guidance_scale: float, negative_prompt: str = "",
                        guidance_interval: Sequence[float | None] | None
                        = DEFAULT_GUIDANCE_INTERVAL,
-                       callback: Callback | None = None, layout: bool = DEFAULT_LAYOUT,
+                       callback: Callback | None = None,
+                       layout: bool | Sequence[str] = DEFAULT_LAYOUT,
                        **sampler_options: Any) -> torch.Tensor:
         """z_0 (n, C, h, w) for one prompt and n seeds (the reproducibility contract above);
-        layout: layout guidance for prompts that state a spatial relation (pictor.guidance)."""
+        layout: layout guidance, True for every rule or the rule names (pictor.guidance)."""
         sample = get_sampler(sampler)
         cond, uncond = self.conditions(prompt, negative_prompt, layout=layout)
         # Empty prompt without a negative one: the unconditional model, no guidance needed.
@@ -545,14 +573,14 @@ class Pipeline:
                  num_steps: int = DEFAULT_NUM_STEPS, sampler: str = DEFAULT_SAMPLER,
                  guidance_scale: float = DEFAULT_GUIDANCE_SCALE, negative_prompt: str = "",
                  guidance_interval: Sequence[float | None] | None = DEFAULT_GUIDANCE_INTERVAL,
-                 callback: Callback | None = None, layout: bool = DEFAULT_LAYOUT
-                 ) -> list[GeneratedImage]:
+                 callback: Callback | None = None,
+                 layout: bool | Sequence[str] = DEFAULT_LAYOUT) -> list[GeneratedImage]:
         """num_images RGB images for `prompt`, image i from seed + i, each with its record.
 
         guidance_interval: (sigma_lo, sigma_hi or None) where guidance applies, None = every
         step (recorded in the record's extra["guidance_interval"]).
-        layout: layout guidance for a prompt that states one spatial relation (pictor.guidance;
-        recorded in extra["layout"]; no effect on other prompts)."""
+        layout: layout guidance, True for every rule or the rule names (pictor.guidance: a
+        stated relation, count words; recorded by layout_extra; no effect on other prompts)."""
         self.check_args(num_images, seed, num_steps, guidance_scale)
         name = canonical_sampler_name(sampler)
         seeds = [int(seed) + i for i in range(int(num_images))]
@@ -560,7 +588,7 @@ class Pipeline:
         z = self.sample_latents(prompt, seeds, num_steps=int(num_steps), sampler=name,
                                 guidance_scale=guidance_scale, negative_prompt=negative_prompt,
                                 guidance_interval=interval, callback=callback,
-                                layout=bool(layout))
+                                layout=layout_rules(layout))
         out = []
         for s, image in zip(seeds, self.decode(z), strict=True):
             record = ProvenanceRecord(
@@ -569,7 +597,7 @@ class Pipeline:
                 model_sha256=self.model_sha256, negative_prompt=negative_prompt,
                 width=image.width, height=image.height,
                 extra={"guidance_interval": interval, "compute_dtype": self.compute_dtype,
-                       "layout": bool(layout)})
+                       **layout_extra(layout)})
             out.append(GeneratedImage(image=image, record=record))
         return out
 
@@ -577,7 +605,7 @@ class Pipeline:
     def trajectory(self, prompt: str, seed: int = 0, num_steps: int = DEFAULT_NUM_STEPS, *,
                    sampler: str = DEFAULT_SAMPLER,
                    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                   negative_prompt: str = "", layout: bool = DEFAULT_LAYOUT
+                   negative_prompt: str = "", layout: bool | Sequence[str] = DEFAULT_LAYOUT
                    ) -> list[TrajectoryStep]:
         """Per sampler step: the sample x_t the network saw and its x0 prediction, decoded.
         The final image equals generate(prompt, seed=seed, ...)[0]."""
@@ -636,5 +664,5 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu", *,
 
 __all__ = ["COMPUTE_DTYPES", "DEFAULT_COMPUTE_DTYPE", "DEFAULT_GUIDANCE_INTERVAL", "DEFAULT_LAYOUT",
            "DEFAULT_GUIDANCE_SCALE", "GeneratedImage", "Pipeline",
-           "SAMPLERS", "TrajectoryStep", "guidance_interval_value", "load_pipeline",
-           "model_digest", "resolve_compute_dtype"]
+           "SAMPLERS", "TrajectoryStep", "guidance_interval_value", "layout_extra",
+           "layout_from_extra", "load_pipeline", "model_digest", "resolve_compute_dtype"]

@@ -104,6 +104,27 @@ def test_reproduce_follows_the_recorded_layout_guidance(model_dir, tmp_path, cap
     assert "match" in capsys.readouterr().out
 
 
+def test_reproduce_applies_the_recorded_layout_rules(model_dir, tmp_path, capsys):
+    count = "three red circles"
+    paths = {}
+    for layout in ("on", "off"):
+        assert main(["generate", count, "--model", str(model_dir), "-o", str(tmp_path / layout),
+                     "--steps", "6", "-n", "1", "--layout", layout]) == 0
+        [paths[layout]] = [Path(line) for line in capsys.readouterr().out.split()]
+    assert read_provenance(paths["on"]).extra["layout_rules"] == ["relation", "count"]
+    assert not np.array_equal(*(np.asarray(Image.open(paths[k])) for k in ("on", "off")))
+    assert main(["reproduce", str(paths["on"]), "--model", str(model_dir)]) == 0
+    assert "match" in capsys.readouterr().out
+    # a record from before the count rule says layout on without rules: the relation rule
+    # alone, which leaves a count prompt as it is without layout guidance
+    record = read_provenance(paths["off"])
+    record.extra["layout"] = True
+    old = save_png(Image.open(paths["off"]).convert("RGB"), tmp_path / "old.png", record)
+    assert main(["reproduce", str(old), "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("match:")
+
+
 def test_same_pixels_in_another_process(model_dir, tmp_path, capsys):
     [here] = generate(model_dir, tmp_path / "here", capsys, "-n", "1", "--seed", "4",
                       "--sampler", "euler")

@@ -286,7 +286,8 @@ def test_visible_mark_changes_only_a_corner_and_is_recorded(pipe):
         png = Image.open(io.BytesIO(c.get(job["images"][0]["url"]).content))
     assert read_provenance(png).extra == {"visible_mark": "AI-generated",
                                           "guidance_interval": [1.0, None],
-                                          "compute_dtype": pipe.compute_dtype, "layout": True}
+                                          "compute_dtype": pipe.compute_dtype, "layout": True,
+                                          "layout_rules": ["relation", "count"]}
     marked, [plain] = np.asarray(png.convert("RGB")), solo_pixels(pipe, body)
     changed = np.argwhere((marked != plain).any(axis=-1))
     assert len(changed) > 0

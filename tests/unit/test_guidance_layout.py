@@ -9,7 +9,15 @@ import math
 import pytest
 import torch
 
-from pictor.guidance import LayoutSettings, layout_bias, plan_layout
+from pictor.guidance import (
+    LAYOUT_RULES,
+    LayoutSettings,
+    count_spans,
+    layout_bias,
+    layout_rules,
+    plan_layout,
+    prompt_layout_bias,
+)
 from pictor.networks.layers import CrossAttention, TransformerBlock
 
 PROMPT = "A red circle to the left of a blue square"
@@ -68,6 +76,49 @@ def test_bias_has_its_closed_form():
     d2 = (0.8 + 0.4) ** 2 + 0.8 ** 2  # pixel (row 0, col 4) from (-0.4, 0)
     assert float(bias[0, 2, 0, 4]) == pytest.approx(7.0 * (2 * math.exp(-d2 / 0.18) - 1))
     torch.testing.assert_close(bias[0, 9], bias[0, 2].flip(-1))  # "blue" mirrored at (0.4, 0)
+
+
+# [CLS] three red stars above a blue square [SEP]
+COUNT_RELATION = "three red stars above a blue square"
+COUNT_OFFSETS = [(0, 0), (0, 5), (6, 9), (10, 15), (16, 21), (22, 23), (24, 28), (29, 35), (0, 0)]
+
+
+def test_count_words_are_found_as_words_and_numerals():
+    prompt = "Three stars, 4 circles and twelve squares; someone, 1 or 13"
+    assert [prompt[a:b] for a, b in count_spans(prompt)] == ["Three", "4", "twelve"]
+    assert count_spans("a red circle to the left of a blue square") == ()
+
+
+def test_layout_rules_name_what_runs():
+    assert layout_rules(True) == LAYOUT_RULES == ("relation", "count")
+    assert layout_rules(False) == layout_rules(None) == ()
+    assert layout_rules(["count", "relation"]) == ("relation", "count")
+    assert layout_rules("count") == ("count",)
+    with pytest.raises(ValueError, match="unknown layout rule.*'relation', 'count'"):
+        layout_rules(["size"])
+
+
+def test_count_words_get_count_strength_at_every_pixel_on_top_of_the_relation():
+    settings = LayoutSettings(strength=7.0, count_strength=3.0)
+    both = prompt_layout_bias(COUNT_RELATION, COUNT_OFFSETS, 9, 4, LAYOUT_RULES, "color",
+                              settings)
+    relation = prompt_layout_bias(COUNT_RELATION, COUNT_OFFSETS, 9, 4, ["relation"], "color",
+                                  settings)
+    count = prompt_layout_bias(COUNT_RELATION, COUNT_OFFSETS, 9, 4, ["count"], "color", settings)
+    plan = plan_layout(COUNT_RELATION, "color", settings)
+    torch.testing.assert_close(relation, layout_bias(plan, COUNT_OFFSETS, 9, 4, settings))
+    assert torch.equal(count[0, 1], torch.full((4, 4), 3.0))  # "three"
+    assert count[0, [0, *range(2, 9)]].abs().max() == 0
+    torch.testing.assert_close(both, relation + count)
+    # no rule that applies: no bias at all (the plain network runs)
+    assert prompt_layout_bias("a red circle", [(0, 0), (0, 1), (2, 5), (6, 12), (0, 0)], 5, 4,
+                              LAYOUT_RULES) is None
+    assert prompt_layout_bias("three stars", [(0, 0), (0, 5), (6, 11), (0, 0)], 4, 4,
+                              ["relation"]) is None
+    assert prompt_layout_bias("three stars", [(0, 0), (0, 5), (6, 11), (0, 0)], 4, 4,
+                              LAYOUT_RULES, settings=LayoutSettings(count_strength=0)) is None
+    with pytest.raises(ValueError, match="count strength"):
+        LayoutSettings(count_strength=-1)
 
 
 def test_a_dominant_bias_hands_every_query_to_its_token_and_padding_stays_masked():

@@ -274,6 +274,31 @@ def test_layout_guidance_changes_only_prompts_with_a_plan_and_is_recorded(pipe):
     assert np.array_equal(late[0], off[0])
 
 
+def test_count_emphasis_changes_count_prompts_and_records_its_rules(pipe):
+    from pictor.pipeline import layout_from_extra
+
+    count = "three red circles"
+    off = pipe.generate(count, num_images=2, seed=3, num_steps=6, layout=False)
+    on = pipe.generate(count, num_images=2, seed=3, num_steps=6)  # default: every rule
+    relation_only = pipe.generate(count, num_images=2, seed=3, num_steps=6, layout=["relation"])
+    assert not np.array_equal(pixels(off)[0], pixels(on)[0])
+    assert all(np.array_equal(a, b)
+               for a, b in zip(pixels(off), pixels(relation_only), strict=True))
+    assert on[0].record.extra["layout_rules"] == ["relation", "count"]
+    assert relation_only[0].record.extra["layout_rules"] == ["relation"]
+    assert "layout_rules" not in off[0].record.extra
+    for g in off + on + relation_only:
+        assert layout_from_extra(g.record.extra) == tuple(g.record.extra.get("layout_rules", ()))
+    # records from before the count rule: layout on meant the relation rule alone
+    assert layout_from_extra({"layout": True}) == ("relation",)
+    assert layout_from_extra({}) == ()
+    cond, _ = pipe.conditions(count, layout=True)
+    # [CLS] three red circles [SEP]: only "three" is emphasised, by count_strength everywhere
+    assert torch.equal(cond["layout"][0, 1], torch.full_like(cond["layout"][0, 1],
+                                                             pipe.layout_settings.count_strength))
+    assert cond["layout"][0, [0, 2, 3, 4]].abs().max() == 0
+
+
 def test_layout_conditions_bias_the_steered_tokens_of_the_conditional_half_only(pipe):
     cond, uncond = pipe.conditions(RELATION, layout=True)
     length, side = cond["context"].shape[1], pipe.latent_shape[-1]

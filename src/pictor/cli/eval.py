@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="vary one setting (steps, guidance, sampler or layout=on,off), the "
                         "others at their base values; repeatable, e.g. --sweep steps=5,10,20,50")
     p.add_argument("--layout", choices=("on", "off"), default="on",
-                   help="layout guidance for prompts that state a spatial relation (default on; "
+                   help="layout guidance for prompts that state a spatial relation or a count "
+                        "(default on; "
                         "off: the model alone)")
     p.add_argument("--compare", nargs="+", action="extend", default=[], metavar="DIR",
                    help="further model folders to compare at the base settings")

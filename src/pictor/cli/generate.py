@@ -133,7 +133,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layout", choices=("on", "off"), default="on",
                    help="layout guidance: a prompt that states one spatial relation (\"A to the "
                         "left of B\", right of, above, below) has A's and B's words steered to "
-                        "their sides in the first steps (default on; docs/grounding.md)")
+                        "their sides in the first steps, and count words (two, three, ...) weigh "
+                        "more there (default on; docs/grounding.md)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
                    help="compute dtype of the U-Net (default auto: bfloat16 where the CPU or GPU "
                         "has it natively, else float32); the record names the one used")
@@ -196,7 +197,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from pictor.pipeline import load_pipeline
+    from pictor.pipeline import layout_from_extra, load_pipeline
     from pictor.provenance import read_provenance, save_png
 
     try:
@@ -217,8 +218,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
                             negative_prompt=record.negative_prompt,
                             # absent in records made before the interval existed: every step
                             guidance_interval=record.extra.get("guidance_interval"),
-                            # absent in records made before layout guidance existed: off
-                            layout=bool(record.extra.get("layout", False)))
+                            # absent in records made before layout guidance existed: off;
+                            # rules absent: the relation rule alone
+                            layout=layout_from_extra(record.extra))
     except ValueError as err:
         return _error(str(err))
     if args.output is not None:

@@ -52,6 +52,7 @@ from pictor.pipeline import (
     Pipeline,
     canonical_sampler_name,
     guidance_interval_value,
+    layout_extra,
 )
 from pictor.provenance import ProvenanceRecord
 from pictor.samplers import get_sampler
@@ -73,7 +74,7 @@ class GenerationRequest:
     num_steps: int = DEFAULT_NUM_STEPS
     sampler: str = DEFAULT_SAMPLER  # any name get_sampler accepts; records use the canonical one
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
-    layout: bool = DEFAULT_LAYOUT  # layout guidance for prompts with a relation (pictor.guidance)
+    layout: bool = DEFAULT_LAYOUT  # layout guidance: relations and counts (pictor.guidance)
 
     @property
     def seeds(self) -> list[int]:
@@ -229,7 +230,7 @@ def provenance_record(pipe: Pipeline, request: GenerationRequest, seed: int, wid
         model_name=pipe.model_name, model_sha256=pipe.model_sha256,
         negative_prompt=request.negative_prompt, width=width, height=height,
         extra={"guidance_interval": guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
-               "compute_dtype": pipe.compute_dtype, "layout": bool(request.layout),
+               "compute_dtype": pipe.compute_dtype, **layout_extra(request.layout),
                **(extra or {})})
 
 

@@ -32,7 +32,8 @@ class GenerationIn(BaseModel):
                                                       "euler (or an alias)")
     layout: bool = Field(DEFAULT_LAYOUT, description="layout guidance: the two objects of a "
                          "prompt's spatial relation ('A to the left of B', right of, above, "
-                         "below) steered to their sides in the first steps")
+                         "below) steered to their sides in the first steps, and its count words "
+                         "(two, three, ...) weighted more there")
 
 
 class GenerationAccepted(BaseModel):

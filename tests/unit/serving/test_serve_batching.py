@@ -62,6 +62,9 @@ def test_layout_guided_requests_batch_and_equal_solo_calls(pipe):
                  GenerationRequest("a white star below a green circle", num_images=1, seed=9,
                                    num_steps=8)]
     assert_batch_equals_solo(pipe, relations)
+    counts = [GenerationRequest("three white stars", num_images=1, seed=5, num_steps=8),
+              GenerationRequest("four red circles", num_images=2, seed=1, num_steps=8)]
+    assert_batch_equals_solo(pipe, counts)
     unsteered = replace(relations[0], layout=False)
     assert batch_key(pipe, unsteered) != batch_key(pipe, relations[0])
     assert_batch_equals_solo(pipe, [unsteered])
