@@ -8,7 +8,7 @@ benchmarks/results/geneval_shapes.json, the per-image verdicts beside the model
 (`<model>/eval/geneval_shapes.json`) and a table section in BENCHMARKS.md.
 
 The score is that of `pictor generate`'s defaults, layout guidance included (pictor.guidance;
-it acts on `position` prompts only). The same images without it (`--layout off`, the model
+it acts on prompts with a relation or a count word). The same images without it (`--layout off`, the model
 alone) are scored too and shown beside it; `--no-compare-layout` skips them.
 """
 
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         f"guidance {s['guidance_scale']}, {report.seconds_per_image:.3f} s/image. Targets "
         "(issue 5): overall >= 0.90, every category >= 0.80. Written by "
         f"`benchmarks/geneval_shapes.py` ({data['environment']['date_utc']}). The score is "
-        "with layout guidance (the default; it changes `position` prompts only)"
+        "with layout guidance (the default; it changes `position` and `counting` prompts "
+        "only)"
         + ("" if alone is None else "; the last column is the model alone, `--layout off`")
         + ".\n\n"
         + markdown_table(["category", "score", "95% interval"]
