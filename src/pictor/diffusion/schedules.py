@@ -119,6 +119,10 @@ class NoiseSchedule:
         self.betas = betas  # (T,)
         self.alphas_cumprod = alphas_cumprod_from_betas(betas)  # (T,)
         self.num_timesteps = int(betas.numel())
+        ab = self.alphas_cumprod
+        # Computed once: samplers and guidance read them at every step. Do not modify in place.
+        self._sigmas = ((1 - ab) / ab).sqrt()
+        self._log_sigmas = self._sigmas.log()
 
     @classmethod
     def from_config(cls, config: ScheduleConfig) -> NoiseSchedule:
@@ -145,9 +149,14 @@ class NoiseSchedule:
 
     @property
     def sigmas(self) -> torch.Tensor:
-        """Karras/VE noise level sigma_t = sqrt((1 - ab_t) / ab_t), float64 (T,); inf at ab = 0."""
-        ab = self.alphas_cumprod
-        return ((1 - ab) / ab).sqrt()
+        """Karras/VE noise level sigma_t = sqrt((1 - ab_t) / ab_t), float64 (T,); inf at ab = 0.
+        The schedule's own tensor: do not modify it in place."""
+        return self._sigmas
+
+    @property
+    def log_sigmas(self) -> torch.Tensor:
+        """log sigma_t, float64 (T,); +inf at ab = 0. Do not modify it in place."""
+        return self._log_sigmas
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """SNR(t) = ab_t / (1 - ab_t) for integer timesteps t (B,)."""
@@ -167,7 +176,7 @@ class NoiseSchedule:
             )
         low = t.floor().long().clamp(max=self.num_timesteps - 2)
         w = t - low  # in [0, 1]
-        ab, log_sigmas = self.alphas_cumprod, self.sigmas.log()
+        ab, log_sigmas = self.alphas_cumprod, self.log_sigmas
         log_sigma = log_sigmas[low] + w * (log_sigmas[low + 1] - log_sigmas[low])
         between = 1.0 / (1.0 + (2 * log_sigma).exp())
         # at w = 0 or 1 take the stored value itself (exact, and no 0 * inf when sigma_T = inf).

@@ -117,7 +117,7 @@ def sigma_to_t(sigma: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
     (The inverse used by k-diffusion's DiscreteSchedule and diffusers' `_sigma_to_t`.) float64.
     Values beyond the schedule's range are clamped to [0, T - 1].
     """
-    log_sigmas = schedule.sigmas.log()  # (T,) increasing; +inf at a zero-SNR end
+    log_sigmas = schedule.log_sigmas  # (T,) increasing; +inf at a zero-SNR end
     log_sigma = torch.as_tensor(sigma, dtype=torch.float64).clamp(min=1e-10).log()
     low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(
         0, log_sigmas.numel() - 2
