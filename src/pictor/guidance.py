@@ -29,7 +29,7 @@ prompt's spatial relation steered to their sides through the cross-attention.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -348,10 +348,17 @@ def layout_bias(plan: LayoutPlan, offsets: Sequence[tuple[int, int]], length: in
         cx, cy = obj.center
         g = torch.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * settings.sigma ** 2))
         region = settings.strength * (2 * g - 1)
-        for pos, (a, b) in enumerate(offsets[:length]):
-            if b > a and any(a < e and b > s for s, e in obj.spans):
-                bias[0, pos] = region
+        for pos in _tokens_of(obj.spans, offsets, length):
+            bias[0, pos] = region
     return bias
+
+
+def _tokens_of(spans: Sequence[tuple[int, int]], offsets: Sequence[tuple[int, int]],
+               length: int) -> list[int]:
+    """Positions (< length) of the tokens whose character span (`offsets`, (0, 0) for special
+    tokens) overlaps one of `spans`."""
+    return [pos for pos, (a, b) in enumerate(offsets[:length])
+            if b > a and any(a < e and b > s for s, e in spans)]
 
 
 def count_spans(prompt: str) -> tuple[tuple[int, int], ...]:
@@ -375,20 +382,26 @@ def layout_rules(value: bool | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(r for r in LAYOUT_RULES if r in value)
 
 
-def prompt_layout_bias(prompt: str, offsets: Sequence[tuple[int, int]], length: int, side: int,
-                       rules: Sequence[str] = LAYOUT_RULES, words: LayoutWords = "all",
+Offsets = Sequence[tuple[int, int]]
+
+
+def prompt_layout_bias(prompt: str, offsets: Offsets | Callable[[], Offsets], length: int,
+                       side: int, rules: Sequence[str] = LAYOUT_RULES, words: LayoutWords = "all",
                        settings: LayoutSettings = LayoutSettings()) -> torch.Tensor | None:
     """The attention-logit bias (1, length, side, side) that the layout rules give `prompt`: its
     relation's regions ("relation", `layout_bias`) plus count_strength at every pixel for the
-    tokens of its count words ("count"); None if no rule applies to the prompt."""
+    tokens of its count words ("count"); None if no rule applies to the prompt. offsets: the
+    tokens' character spans, or a function giving them, called only if a rule applies (so a
+    prompt without a relation or a count is never tokenized for this)."""
     rules = layout_rules(rules)
     plan = plan_layout(prompt, words, settings) if "relation" in rules else None
     counts = count_spans(prompt) if "count" in rules and settings.count_strength else ()
     if plan is None and not counts:
         return None
+    if callable(offsets):
+        offsets = offsets()
     bias = (layout_bias(plan, offsets, length, side, settings) if plan is not None
             else torch.zeros(1, length, side, side))
-    for pos, (a, b) in enumerate(offsets[:length]):
-        if b > a and any(a < e and b > s for s, e in counts):
-            bias[0, pos] += settings.count_strength
+    for pos in _tokens_of(counts, offsets, length):
+        bias[0, pos] += settings.count_strength
     return bias

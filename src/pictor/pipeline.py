@@ -456,7 +456,7 @@ class Pipeline:
         rules = layout_rules(layout)
         bias = None
         if rules and self._tokenizer_file() is not None:
-            bias = prompt_layout_bias(prompt, self._token_offsets(prompt), length,
+            bias = prompt_layout_bias(prompt, lambda: self._token_offsets(prompt), length,
                                       self.latent_shape[-1], rules, self.layout_words,
                                       self.layout_settings)
         if bias is not None:

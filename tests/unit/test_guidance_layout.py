@@ -110,9 +110,13 @@ def test_count_words_get_count_strength_at_every_pixel_on_top_of_the_relation():
     assert torch.equal(count[0, 1], torch.full((4, 4), 3.0))  # "three"
     assert count[0, [0, *range(2, 9)]].abs().max() == 0
     torch.testing.assert_close(both, relation + count)
-    # no rule that applies: no bias at all (the plain network runs)
+    # no rule that applies: no bias at all (the plain network runs), and no tokenizing
     assert prompt_layout_bias("a red circle", [(0, 0), (0, 1), (2, 5), (6, 12), (0, 0)], 5, 4,
                               LAYOUT_RULES) is None
+    assert prompt_layout_bias("a red circle", lambda: pytest.fail("tokenized"), 5, 4) is None
+    torch.testing.assert_close(
+        prompt_layout_bias(COUNT_RELATION, lambda: COUNT_OFFSETS, 9, 4, LAYOUT_RULES, "color",
+                           settings), both)
     assert prompt_layout_bias("three stars", [(0, 0), (0, 5), (6, 11), (0, 0)], 4, 4,
                               ["relation"]) is None
     assert prompt_layout_bias("three stars", [(0, 0), (0, 5), (6, 11), (0, 0)], 4, 4,
