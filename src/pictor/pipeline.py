@@ -84,6 +84,7 @@ DEFAULT_COMPUTE_DTYPE = "auto"
 # `pictor generate` (11 + 9 passes at two shapes) stays eager. None or PICTOR_TRACE=0: never.
 TRACE_AFTER_CALLS: int | None = 30
 MAX_TRACED_SHAPES = 16  # least recently used traces are dropped beyond this
+PROMPT_TERMS_KEPT = 8  # contexts whose U-Net prompt terms are kept (Pipeline._context_terms)
 # Layout guidance (pictor.guidance): a prompt that states one spatial relation ("A to the left of
 # B") has its objects' words steered to their sides in the first steps, and its count words
 # weigh more there. Records say whether it ran (extra["layout"]) and with which rules
@@ -231,24 +232,26 @@ def _model_name(model_dir: Path) -> str:
 
 
 class _PreparedContextUNet(torch.nn.Module):
-    """unet(x, t, context, mask, context_prepared=True) as a module with positional inputs
-    only (what torch.jit.trace takes)."""
+    """unet(x, t, context, mask, context_prepared=True, prompt_terms=terms) as a module with
+    positional inputs only (what torch.jit.trace takes)."""
 
     def __init__(self, unet: UNet) -> None:
         super().__init__()
         self.unet = unet
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, context, mask, context_prepared=True)
+                mask: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.unet(x, t, context, mask, context_prepared=True, prompt_terms=terms)
 
 
 class _PreparedContextLayoutUNet(_PreparedContextUNet):
-    """The same with the layout-guidance bias as a fifth input."""
+    """The same with the layout-guidance bias as an input before the terms."""
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                mask: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.unet(x, t, context, mask, context_prepared=True, layout=layout)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,  # type: ignore[override]
+                mask: torch.Tensor, layout: torch.Tensor, terms: tuple[torch.Tensor, ...]
+                ) -> torch.Tensor:
+        return self.unet(x, t, context, mask, context_prepared=True, layout=layout,
+                         prompt_terms=terms)
 
 
 def _trace_unet(unet: UNet, example: tuple[torch.Tensor, ...]) -> Any:
@@ -263,7 +266,7 @@ def _trace_unet(unet: UNet, example: tuple[torch.Tensor, ...]) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about the branches above
             with torch.no_grad():
-                wrapper = _PreparedContextUNet if len(example) == 4 else _PreparedContextLayoutUNet
+                wrapper = _PreparedContextUNet if len(example) == 5 else _PreparedContextLayoutUNet
                 return torch.jit.trace(wrapper(unet).eval(), example, check_trace=False)
     except Exception:  # noqa: BLE001 - TorchScript is optional; eager is always right
         return None
@@ -316,6 +319,13 @@ class Pipeline:
         self._shape_calls: dict[tuple, int] = {}
         self._traces: OrderedDict[tuple, Any] = OrderedDict()
         self._trace_lock = threading.Lock()
+        # The U-Net's prompt terms (UNet.prompt_terms: the pooled text and every
+        # cross-attention's keys and values) of the last few contexts run, so that the steps of
+        # a sampler compute them once: [(context, mask, dtype, context in dtype, terms)].
+        self._prompt_terms: list[tuple] = []
+        # Text-adapter outputs per (prompt, length, compute dtype) (Pipeline._adapted).
+        self._adapted_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._terms_lock = threading.Lock()
 
     def set_compute_dtype(self, name: str) -> None:
         """Run the U-Net in `name` ("auto" or a key of COMPUTE_DTYPES; resolve_compute_dtype)."""
@@ -325,6 +335,10 @@ class Pipeline:
         with self._trace_lock:  # traces hold the weights as they were
             self._traces.clear()
             self._shape_calls.clear()
+        with self._terms_lock:
+            self._prompt_terms.clear()
+        with self._trace_lock:
+            self._adapted_cache.clear()
 
     def run_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                  mask: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
@@ -332,18 +346,39 @@ class Pipeline:
         as `conditions` returns it (through the text adapter already); layout: the optional
         attention bias of layout guidance (B, L, S, S)."""
         dtype = COMPUTE_DTYPES[self.compute_dtype]
-        args = (x.to(dtype), t, context.to(dtype), mask)
+        context, terms = self._context_terms(context, mask, dtype)
+        args = (x.to(dtype), t, context, mask)
         if layout is not None:
             args = (*args, layout.to(dtype))
-        traced = self._traced_unet(*args)
+        traced = self._traced_unet(*args, terms=terms)
         if traced is not None:
-            out = traced(*args)
+            out = traced(*args, terms)
         else:
-            out = self.unet(*args[:4], context_prepared=True, layout=layout)
+            out = self.unet(*args[:4], context_prepared=True,
+                            layout=None if layout is None else args[4], prompt_terms=terms)
         return out.to(x.dtype)
 
+    def _context_terms(self, context: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
+                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """context in dtype and its UNet.prompt_terms, computed on the first step that runs
+        this context and reused by the next ones (the same values: the same computation on the
+        same tensor). The last PROMPT_TERMS_KEPT contexts are kept."""
+        with self._terms_lock:
+            for i, (c, m, d, converted, terms) in enumerate(self._prompt_terms):
+                if (d == dtype and c.shape == context.shape and m.shape == mask.shape
+                        and torch.equal(c, context) and torch.equal(m, mask)):
+                    self._prompt_terms.insert(0, self._prompt_terms.pop(i))
+                    return converted, terms
+            converted = context.to(dtype)
+            with torch.inference_mode():
+                terms = self.unet.prompt_terms(converted, mask)
+            self._prompt_terms.insert(0, (context.clone(), mask.clone(), dtype, converted, terms))
+            del self._prompt_terms[PROMPT_TERMS_KEPT:]
+            return converted, terms
+
     def _traced_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                     mask: torch.Tensor, layout: torch.Tensor | None = None) -> Any:
+                     mask: torch.Tensor, layout: torch.Tensor | None = None, *,
+                     terms: tuple[torch.Tensor, ...]) -> Any:
         """The TorchScript trace for these input shapes once they have come trace_after_calls
         times (TRACE_AFTER_CALLS), else None (run eagerly). Not under autograd, and never when
         a trace fails (the eager module is always right)."""
@@ -358,7 +393,8 @@ class Pipeline:
             calls = self._shape_calls[key] = self._shape_calls.get(key, 0) + 1
             if calls < self.trace_after_calls:
                 return None
-            example = (x, t, context, mask) if layout is None else (x, t, context, mask, layout)
+            example = ((x, t, context, mask) if layout is None
+                       else (x, t, context, mask, layout)) + (terms,)
             traced = _trace_unet(self.unet, example)
             self._traces[key] = traced
             while len(self._traces) > MAX_TRACED_SHAPES:
@@ -448,10 +484,8 @@ class Pipeline:
         length = max(1, int(cm.sum()), int(um.sum()))
         ce, cm, ue, um = ce[:, :length], cm[:, :length], ue[:, :length], um[:, :length]
         if self.unet.text_adapter is not None:
-            dtype = COMPUTE_DTYPES[self.compute_dtype]
-            with torch.inference_mode():
-                ce = self.unet.prepare_context(ce.to(dtype), cm).to(ce.dtype)
-                ue = self.unet.prepare_context(ue.to(dtype), um).to(ue.dtype)
+            ce = self._adapted(prompt, ce, cm)
+            ue = self._adapted(negative_prompt, ue, um)
         cond, uncond = {"context": ce, "mask": cm}, {"context": ue, "mask": um}
         rules = layout_rules(layout)
         bias = None
@@ -463,6 +497,24 @@ class Pipeline:
             bias = bias.to(self.device)
             cond["layout"], uncond["layout"] = bias, torch.zeros_like(bias)
         return cond, uncond
+
+    def _adapted(self, prompt: str, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """unet.prepare_context of a prompt's tokens (trimmed to a length), in the compute dtype
+        and back; kept per (prompt, length, dtype) like the embeddings (the empty negative
+        prompt comes with every request)."""
+        key = (prompt, emb.shape[1], self.compute_dtype)
+        with self._trace_lock:
+            if key in self._adapted_cache:
+                self._adapted_cache.move_to_end(key)
+                return self._adapted_cache[key]
+        dtype = COMPUTE_DTYPES[self.compute_dtype]
+        with torch.inference_mode():
+            out = self.unet.prepare_context(emb.to(dtype), mask).to(emb.dtype)
+        with self._trace_lock:
+            self._adapted_cache[key] = out
+            while len(self._adapted_cache) > self.prompt_cache_size:
+                self._adapted_cache.popitem(last=False)
+        return out
 
     # ------------------------------------------------------------------ layout guidance
     def step_layout(self, t: torch.Tensor, cond: dict) -> torch.Tensor | None:

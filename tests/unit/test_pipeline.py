@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from pipeline_support import tiny_model_dir  # noqa: E402
 
-from pictor.pipeline import load_pipeline, model_digest  # noqa: E402
+from pictor.pipeline import COMPUTE_DTYPES, load_pipeline, model_digest  # noqa: E402
 
 PROMPT = "a red circle"
 RELATION = "a red circle to the left of a blue square"
@@ -250,6 +250,41 @@ def test_traced_unet_gives_the_same_pixels_as_eager(model_dir, dtype):
         assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True)), prompt
     assert traced._traces and all(v is not None for v in traced._traces.values())
     assert not eager._traces
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_run_unet_is_the_same_pass_eager_traced_and_with_its_prompt_terms(model_dir, dtype):
+    """run_unet computes a context's prompt terms once and reuses them; eager and traced passes
+    get every input in the compute dtype (the layout bias included), so both give the U-Net's
+    own pass to the bit."""
+    from pictor.guidance import concat_conds
+
+    pipes = []
+    for after in (None, 1):
+        p = load_pipeline(model_dir)
+        p.set_compute_dtype(dtype)
+        p.trace_after_calls = after
+        pipes.append(p)
+    eager, traced = pipes
+    cond, uncond = eager.conditions(RELATION, "")
+    both = concat_conds(cond, uncond)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *eager.latent_shape, generator=g)
+    side = eager.latent_shape[-1]
+    layout = torch.randn(2, both["mask"].shape[1], side, side, generator=g)  # not bf16-exact
+    cdt = COMPUTE_DTYPES[dtype]
+    with torch.inference_mode():
+        want = eager.unet(x.to(cdt), torch.tensor([700.0, 700.0]), both["context"].to(cdt),
+                          both["mask"], context_prepared=True, layout=layout.to(cdt)).float()
+        for t in (700.0, 300.0, 700.0):  # the second call with a context reuses its terms
+            tt = torch.tensor([t, t])
+            for p in pipes:
+                got = p.run_unet(x, tt, both["context"], both["mask"], layout)
+                if t == 700.0:
+                    assert torch.equal(got, want)
+            assert torch.equal(eager.run_unet(x, tt, both["context"], both["mask"], layout),
+                               traced.run_unet(x, tt, both["context"], both["mask"], layout))
+    assert len(eager._prompt_terms) == 1 and traced._traces
 
 
 def test_layout_guidance_changes_only_prompts_with_a_plan_and_is_recorded(pipe):

@@ -79,6 +79,23 @@ def zero_(module: nn.Module) -> nn.Module:
     return module
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution (the weights and state of nn.Conv2d(in, out, 1)). Without autograd it
+    runs as one matmul over the channels: at the few pixels of a sampler's U-Net pass, oneDNN's
+    bfloat16 convolution costs 2-3x the matmul (benchmarks/generate_latency.py). Training keeps
+    the convolution. The two agree to rounding."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(x)
+        b, c, height, width = x.shape
+        out = torch.matmul(self.weight.view(self.out_channels, c), x.reshape(b, c, -1))
+        return (out + self.bias[:, None]).view(b, self.out_channels, height, width)
+
+
 class ResBlock(nn.Module):
     """Residual block: h = conv(act(norm(x))); h = FiLM(norm(h), emb); out = skip(x) + conv(act(h)).
 
@@ -110,16 +127,23 @@ class ResBlock(nn.Module):
         if zero_init:
             zero_(self.conv2)
         self.skip = (
-            nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+            PointwiseConv2d(in_channels, out_channels) if in_channels != out_channels
+            else nn.Identity()
         )
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                film: torch.Tensor | None = None) -> torch.Tensor:
+        """film: self.emb_proj(silu(emb)) (B, 2 C_out) computed beforehand (UNet computes those
+        of all its ResBlocks in one matmul); emb is then not read."""
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
         h = self.norm2(h)
         if self.emb_proj is not None:
-            if emb is None:
-                raise ValueError("this ResBlock was built with emb_dim; pass an embedding (B, D)")
-            scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+            if film is None:
+                if emb is None:
+                    raise ValueError("this ResBlock was built with emb_dim; pass an embedding "
+                                     "(B, D)")
+                film = self.emb_proj(F.silu(emb))
+            scale, shift = film[:, :, None, None].chunk(2, dim=1)
             h = torch.addcmul(shift, h, 1 + scale)  # h * (1 + scale) + shift
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
@@ -165,7 +189,7 @@ class Upsample(nn.Module):
             raise ValueError(f"upsample mode {mode!r} keeps the channel count; use 'project' "
                              f"to change {channels} to {out_channels}")
         self.out_channels = out_channels
-        self.project = nn.Conv2d(channels, out_channels, 1) if mode == "project" else None
+        self.project = PointwiseConv2d(channels, out_channels) if mode == "project" else None
         self.conv = nn.Conv2d(channels, channels, 3, padding=1) if mode == "conv" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -271,10 +295,14 @@ class CrossAttention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
-        bias: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None, kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """bias: optional additive attention logits (B, N, L), the same for every head."""
-        k, v = self.kv(context).chunk(2, dim=-1)  # 2 x (B, L, C)
+        """bias: optional additive attention logits (B, N, L), the same for every head.
+        kv: self.kv(context) (B, L, 2C) computed beforehand (it depends on the text alone, so a
+        sampler computes it once per prompt instead of once per step; UNet.prompt_terms)."""
+        if kv is None:
+            kv = self.kv(context)
+        k, v = kv.chunk(2, dim=-1)  # 2 x (B, L, C)
         q = _split_heads(self.q(x), self.num_heads)
         k, v = _split_heads(k, self.num_heads), _split_heads(v, self.num_heads)
         if bias is not None:
@@ -388,15 +416,15 @@ class TransformerBlock(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         layout: torch.Tensor | None = None,
+        kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """layout: optional cross-attention logit bias per text token over the image, (B, L, S, S)
-        at any square resolution S, area-averaged to this block's H x W (pictor.guidance)."""
+        at any square resolution S, area-averaged to this block's H x W (pictor.guidance).
+        kv: the cross-attention's keys and values computed beforehand (CrossAttention.forward)."""
         b, c, height, width = x.shape
         h = x.flatten(2).transpose(1, 2)  # (B, N=H*W, C)
         if self.pos is not None:
-            feats = position_features(height, width, self.position_frequencies,
-                                      device=h.device, dtype=h.dtype)  # (N, 4F)
-            h = h + self.pos(feats)  # broadcast over B
+            h = h + self._position_term(height, width, h.dtype, h.device)  # broadcast over B
         if self.self_attn is not None:
             h = h + self.self_attn(self.norm1(h))
         if self.cross_attn is not None:
@@ -407,10 +435,28 @@ class TransformerBlock(nn.Module):
                 if layout.shape[-2:] != (height, width):
                     layout = F.adaptive_avg_pool2d(layout, (height, width))
                 bias = layout.flatten(2).transpose(1, 2)  # (B, N, L)
-            h = h + self.cross_attn(self.norm2(h), context, context_mask, bias)
+            h = h + self.cross_attn(self.norm2(h), context, context_mask, bias, kv)
         if self.mlp is not None:
             h = h + self.mlp(self.norm3(h))
         return h.transpose(1, 2).reshape(b, c, height, width)  # (B, C, H, W)
+
+    def _position_term(self, height: int, width: int, dtype: torch.dtype, device: torch.device
+                       ) -> torch.Tensor:
+        """self.pos(position_features) (N, C): a constant of the weights and the resolution,
+        kept from the last call without autograd while the weights are unchanged (same values:
+        the same computation; under torch.jit.trace it becomes a constant of the trace)."""
+        feats = position_features(height, width, self.position_frequencies, device=device,
+                                  dtype=dtype)  # (N, 4F)
+        if torch.is_grad_enabled():  # training: the term must stay in the autograd graph
+            return self.pos(feats)
+        weight, bias = self.pos.weight, self.pos.bias
+        key = (height, width, dtype, str(device), weight.data_ptr(), weight._version,
+               bias.data_ptr(), bias._version)
+        cached = self.__dict__.get("_position_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.pos(feats))
+            self.__dict__["_position_cache"] = cached
+        return cached[1]
 
 
 class TextAdapter(nn.Module):

@@ -200,11 +200,16 @@ class _Stage(nn.Module):
         )
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
-                mask: torch.Tensor | None, layout: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.res(h, emb)
+                mask: torch.Tensor | None, layout: torch.Tensor | None = None,
+                kv: torch.Tensor | None = None, film: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.res(h, emb, film)
         if self.attn is not None:
-            h = self.attn(h, context, mask, layout)
+            h = self.attn(h, context, mask, layout, kv)
         return h
+
+    @property
+    def cross_attention(self) -> nn.Module | None:
+        return None if self.attn is None else self.attn.cross_attn
 
 
 class UNet(nn.Module):
@@ -302,6 +307,64 @@ class UNet(nn.Module):
             return context
         return self.text_adapter(context, context_mask)
 
+    def _stages(self) -> list[_Stage]:
+        """Every stage in the order forward runs them (down, mid, up)."""
+        return [*(s for stages in self.down for s in stages), self.mid1,
+                *(s for stages in self.up for s in stages)]
+
+    def _res_blocks(self) -> list[ResBlock]:
+        """Every ResBlock in the order forward runs them."""
+        stages = self._stages()
+        n_down = sum(len(st) for st in self.down)
+        return [*(s.res for s in stages[:n_down + 1]), self.mid2,
+                *(s.res for s in stages[n_down + 1:])]
+
+    def _films(self, emb: Tensor) -> list[Tensor] | None:
+        """The scale-shift inputs (B, 2C) of every ResBlock (forward order), from one matmul of
+        silu(emb) with their emb_proj weights stacked (the same values as the ResBlocks' own
+        matmuls); None under autograd (training), where each ResBlock computes its own. The
+        stacked weights are kept while the weights are unchanged (under torch.jit.trace they
+        become a constant of the trace)."""
+        if torch.is_grad_enabled():
+            return None
+        projs = [r.emb_proj for r in self._res_blocks()]
+        key = (emb.dtype, str(emb.device), *((p.weight.data_ptr(), p.weight._version,
+                                              p.bias.data_ptr(), p.bias._version)
+                                             for p in projs))
+        cached = self.__dict__.get("_film_cache")
+        if cached is None or cached[0] != key:
+            weight = torch.cat([p.weight for p in projs]).to(emb.dtype)
+            bias = torch.cat([p.bias for p in projs]).to(emb.dtype)
+            cached = (key, weight, bias, [p.out_features for p in projs])
+            self.__dict__["_film_cache"] = cached
+        _, weight, bias, sizes = cached
+        return list(F.linear(F.silu(emb), weight, bias).split(sizes, dim=1))
+
+    def _pooled_term(self, context: Tensor, context_mask: Tensor | None) -> Tensor:
+        """pool_proj of the masked mean of the tokens (B, E), added to the timestep embedding."""
+        if context_mask is None:
+            pooled = context.mean(dim=1)  # (B, D)
+        else:
+            w = context_mask.to(context.dtype)[:, :, None]  # (B, L, 1)
+            pooled = (context * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return self.pool_proj(pooled)
+
+    def prompt_terms(self, context: Tensor, context_mask: Tensor | None = None
+                     ) -> tuple[Tensor, ...]:
+        """What forward computes from the (prepared) text alone, which a sampler can compute once
+        per prompt and pass to every step as forward(..., prompt_terms=...): the pooled-text
+        term of the timestep embedding (if pooled_context), then the keys and values (B, L, 2C)
+        of every cross-attention in the order forward runs them. The same computations as
+        forward's, so the output is the same to the bit. context: (B, L, D) as the blocks read
+        it (prepare_context)."""
+        if self.config.context_dim is None:
+            raise ValueError("an unconditional UNet (context_dim=None) has no prompt terms")
+        context, context_mask = self._text_inputs(context.shape[0], context, context_mask)
+        pooled = () if self.pool_proj is None else (self._pooled_term(context, context_mask),)
+        kvs = tuple(s.cross_attention.kv(context) for s in self._stages()
+                    if s.cross_attention is not None)
+        return (*pooled, *kvs)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -311,10 +374,13 @@ class UNet(nn.Module):
         *,
         context_prepared: bool = False,
         layout: torch.Tensor | None = None,
+        prompt_terms: tuple[Tensor, ...] | None = None,
     ) -> torch.Tensor:
         """layout: optional (B, L, S, S) logits added to every cross-attention's scores of each
         text token over the image (area-averaged to each block's resolution): layout guidance,
-        pictor.guidance. None: the plain network."""
+        pictor.guidance. None: the plain network.
+        prompt_terms: self.prompt_terms(context, context_mask), computed beforehand (with
+        context_prepared=True; the blocks then do not read context)."""
         cfg = self.config
         b, c, height, width = x.shape  # (B, C_in, H, W)
         f = cfg.downsampling_factor
@@ -335,32 +401,49 @@ class UNet(nn.Module):
                              f"= {None if context is None else tuple(context.shape[:2])}, got "
                              f"{tuple(layout.shape)}")
 
+        if prompt_terms is not None:
+            if not (given and context_prepared):
+                raise ValueError("prompt_terms need the prepared context they were computed from "
+                                 "(context_prepared=True)")
+            num_kv = sum(s.cross_attention is not None for s in self._stages())
+            if len(prompt_terms) != num_kv + (self.pool_proj is not None):
+                raise ValueError(f"prompt_terms must be UNet.prompt_terms' {num_kv} + "
+                                 f"{int(self.pool_proj is not None)} tensors, got "
+                                 f"{len(prompt_terms)}")
+        terms = iter(prompt_terms or ())
+
         emb = self.time_mlp(timestep_embedding(t, cfg.channels[0]).to(x.dtype))  # (B, E)
         if self.pool_proj is not None:
-            if context_mask is None:
-                pooled = context.mean(dim=1)  # (B, D)
-            else:
-                w = context_mask.to(context.dtype)[:, :, None]  # (B, L, 1)
-                pooled = (context * w).sum(1) / w.sum(1).clamp_min(1.0)
-            emb = emb + self.pool_proj(pooled)
+            pooled = (next(terms) if prompt_terms is not None
+                      else self._pooled_term(context, context_mask))
+            emb = emb + pooled
+
+        def kv(stage: _Stage) -> Tensor | None:
+            return (next(terms) if prompt_terms is not None and stage.cross_attention is not None
+                    else None)
+
+        films = self._films(emb)
+        film = iter(films) if films is not None else iter(lambda: None, 0)  # None forever
 
         extra = cfg.extra_up_block
         h = self.conv_in(x)
         skips = [h] if extra else []
         for i, stages in enumerate(self.down):
             for stage in stages:
-                h = stage(h, emb, context, context_mask, layout)
+                h = stage(h, emb, context, context_mask, layout, kv(stage), next(film))
                 skips.append(h)
             if i < len(self.downsamplers):
                 h = self.downsamplers[i](h)
                 if extra:
                     skips.append(h)
 
-        h = self.mid2(self.mid1(h, emb, context, context_mask, layout), emb)
+        h = self.mid1(h, emb, context, context_mask, layout, kv(self.mid1), next(film))
+        h = self.mid2(h, emb, next(film))
 
         for j, stages in enumerate(self.up):
             for stage in stages:
-                h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask, layout)
+                h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask, layout,
+                          kv(stage), next(film))
             if j < len(self.upsamplers):
                 h = self.upsamplers[j](h)
 

@@ -179,3 +179,20 @@ def test_text_adapter_mixes_real_tokens_only():
     changed = x.clone()
     changed[0, 3] = torch.randn(16)  # a real token: every real token's output moves
     assert not torch.allclose(adapter(changed, mask)[0, 0], out[0, 0])
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_pointwise_conv_is_a_1x1_convolution_with_or_without_autograd(dtype, tol):
+    from pictor.networks.layers import PointwiseConv2d
+
+    torch.manual_seed(0)
+    conv = PointwiseConv2d(12, 8).to(dtype)
+    assert isinstance(conv, torch.nn.Conv2d) and conv.weight.shape == (8, 12, 1, 1)
+    x = torch.randn(3, 12, 5, 4, dtype=dtype)
+    want = torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double())
+    with torch.no_grad():  # the matmul
+        torch.testing.assert_close(conv(x).double(), want, rtol=tol, atol=tol)
+    out = conv(x)  # the convolution, with gradients
+    torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)
+    out.sum().backward()
+    assert conv.weight.grad is not None and conv.bias.grad is not None

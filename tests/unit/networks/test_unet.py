@@ -206,3 +206,43 @@ def test_cross_attention_only_blocks_read_the_text_and_nothing_else():
     assert not torch.allclose(model(x, t, other, mask), model(x, t, context, mask))
     full = sum(p.numel() for p in UNet(TINY).parameters())
     assert sum(p.numel() for p in model.parameters()) < full
+
+
+def test_prompt_terms_and_inference_caches_give_the_same_pass():
+    """Without autograd the U-Net reuses what does not depend on x and t (the position terms,
+    the stacked scale-shift weights) and can take the per-prompt terms from prompt_terms; each
+    gives the pass it replaces, and a change of the weights is seen."""
+    cfg = dataclasses.replace(ADAPTED, position_frequencies=4, attention_levels=(0, 1),
+                              cross_attention_only_levels=(0,))
+    torch.manual_seed(0)
+    model = UNet(cfg).eval()
+    x, t, context, mask = inputs(cfg)
+    layout = torch.randn(x.shape[0], context.shape[1], 8, 8)
+    with torch.enable_grad():  # the reference: every term computed in the pass
+        want = model(x, t, context, mask, layout=layout)
+    with torch.no_grad():
+        got = model(x, t, context, mask, layout=layout)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        prepared = model.prepare_context(context, mask)
+        terms = model.prompt_terms(prepared, mask)
+        kv_blocks = [m for m in model.modules() if m.__class__.__name__ == "CrossAttention"]
+        assert len(terms) == 1 + len(kv_blocks)  # the pooled text, then keys and values
+        plain = model(x, t, prepared, mask, context_prepared=True, layout=layout)
+        assert torch.equal(plain, got)
+        assert torch.equal(model(x, t, prepared, mask, context_prepared=True, layout=layout,
+                                 prompt_terms=terms), plain)
+        # new weights are used: the cached terms follow an in-place update
+        for p in [*model.parameters()]:
+            p.add_(0.01 * torch.randn_like(p))
+        changed = model(x, t, context, mask, layout=layout)
+    with torch.enable_grad():
+        torch.testing.assert_close(changed, model(x, t, context, mask, layout=layout),
+                                   rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(changed, got)
+    with pytest.raises(ValueError, match="context_prepared"):
+        model(x, t, prepared, mask, prompt_terms=terms)
+    with pytest.raises(ValueError, match="prompt_terms must be"):
+        model(x, t, prepared, mask, context_prepared=True, prompt_terms=terms[:-1])
+    with pytest.raises(ValueError, match="unconditional"):
+        UNet(dataclasses.replace(TINY, context_dim=None, attention_levels=())).prompt_terms(
+            context)
