@@ -84,7 +84,8 @@ DEFAULT_COMPUTE_DTYPE = "auto"
 # `pictor generate` (11 + 9 passes at two shapes) stays eager. None or PICTOR_TRACE=0: never.
 TRACE_AFTER_CALLS: int | None = 30
 MAX_TRACED_SHAPES = 16  # least recently used traces are dropped beyond this
-PROMPT_TERMS_KEPT = 8  # contexts whose U-Net prompt terms are kept (Pipeline._context_terms)
+PROMPT_TERMS_KEPT = 32  # contexts whose U-Net prompt terms are kept (Pipeline._context_terms):
+# a micro-batch of the server runs each request's rows with its own context (serving.batching)
 # Layout guidance (pictor.guidance): a prompt that states one spatial relation ("A to the left of
 # B") has its objects' words steered to their sides in the first steps, and its count words
 # weigh more there. Records say whether it ran (extra["layout"]) and with which rules
@@ -346,35 +347,44 @@ class Pipeline:
         as `conditions` returns it (through the text adapter already); layout: the optional
         attention bias of layout guidance (B, L, S, S)."""
         dtype = COMPUTE_DTYPES[self.compute_dtype]
-        context, terms = self._context_terms(context, mask, dtype)
+        context, layout, terms = self._context_terms(context, mask, layout, dtype)
         args = (x.to(dtype), t, context, mask)
         if layout is not None:
-            args = (*args, layout.to(dtype))
+            args = (*args, layout)
         traced = self._traced_unet(*args, terms=terms)
         if traced is not None:
             out = traced(*args, terms)
         else:
-            out = self.unet(*args[:4], context_prepared=True,
-                            layout=None if layout is None else args[4], prompt_terms=terms)
+            out = self.unet(*args[:4], context_prepared=True, layout=layout, prompt_terms=terms)
         return out.to(x.dtype)
 
-    def _context_terms(self, context: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
-                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """context in dtype and its UNet.prompt_terms, computed on the first step that runs
-        this context and reused by the next ones (the same values: the same computation on the
-        same tensor). The last PROMPT_TERMS_KEPT contexts are kept."""
+    def _context_terms(self, context: torch.Tensor, mask: torch.Tensor,
+                       layout: torch.Tensor | None, dtype: torch.dtype
+                       ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]:
+        """context and layout in dtype and their UNet.prompt_terms, computed on the first step
+        that runs them and reused by the next ones (the same values: the same computation on
+        the same tensors). The last PROMPT_TERMS_KEPT are kept."""
+
+        def same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+            if a is None or b is None:
+                return a is b
+            return a.shape == b.shape and torch.equal(a, b)
+
         with self._terms_lock:
-            for i, (c, m, d, converted, terms) in enumerate(self._prompt_terms):
-                if (d == dtype and c.shape == context.shape and m.shape == mask.shape
-                        and torch.equal(c, context) and torch.equal(m, mask)):
+            for i, entry in enumerate(self._prompt_terms):
+                c, m, lay, d, converted = entry[:5]
+                if d == dtype and same(c, context) and same(m, mask) and same(lay, layout):
                     self._prompt_terms.insert(0, self._prompt_terms.pop(i))
-                    return converted, terms
+                    return converted, entry[5], entry[6]
             converted = context.to(dtype)
+            layout_in_dtype = None if layout is None else layout.to(dtype)
             with torch.inference_mode():
-                terms = self.unet.prompt_terms(converted, mask)
-            self._prompt_terms.insert(0, (context.clone(), mask.clone(), dtype, converted, terms))
+                terms = self.unet.prompt_terms(converted, mask, layout_in_dtype)
+            self._prompt_terms.insert(0, (context.clone(), mask.clone(),
+                                          None if layout is None else layout.clone(), dtype,
+                                          converted, layout_in_dtype, terms))
             del self._prompt_terms[PROMPT_TERMS_KEPT:]
-            return converted, terms
+            return converted, layout_in_dtype, terms
 
     def _traced_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                      mask: torch.Tensor, layout: torch.Tensor | None = None, *,

@@ -236,6 +236,25 @@ def attention(
     return out * has_key[:, None, None, None].to(out.dtype)
 
 
+def layout_attention_mask(layout: torch.Tensor, height: int, width: int,
+                          key_mask: torch.Tensor | None, dtype: torch.dtype
+                          ) -> torch.Tensor | None:
+    """The additive attention mask (B, 1, H*W, L) of a cross-attention at height x width under
+    layout guidance, as a pass computes it: the bias (B, L, S, S) area-averaged to the block's
+    resolution, in dtype, -inf at the padding keys. None if a row has no real key (its output is
+    zeroed by `attention`, which this mask alone cannot do). A sampler computes it once per
+    prompt (UNet.prompt_terms)."""
+    if layout.shape[-2:] != (height, width):
+        layout = F.adaptive_avg_pool2d(layout, (height, width))
+    bias = layout.flatten(2).transpose(1, 2)[:, None].to(dtype)  # (B, 1, N, L)
+    if key_mask is None:
+        return bias
+    safe_mask, has_key = _safe_key_mask(key_mask)
+    if not bool(has_key.all()):
+        return None
+    return bias.masked_fill(~safe_mask[:, None, None, :], float("-inf"))
+
+
 def _safe_key_mask(key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(safe_mask (B, L), has_key (B,)): rows without a real key attend everywhere in safe_mask
     (no empty softmax); the caller zeroes their output with has_key."""
@@ -296,15 +315,24 @@ class CrossAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
         bias: torch.Tensor | None = None, kv: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """bias: optional additive attention logits (B, N, L), the same for every head.
         kv: self.kv(context) (B, L, 2C) computed beforehand (it depends on the text alone, so a
-        sampler computes it once per prompt instead of once per step; UNet.prompt_terms)."""
+        sampler computes it once per prompt instead of once per step; UNet.prompt_terms).
+        attn_mask: layout_attention_mask(...) computed beforehand, instead of bias and
+        context_mask (the same attention)."""
         if kv is None:
             kv = self.kv(context)
         k, v = kv.chunk(2, dim=-1)  # 2 x (B, L, C)
         q = _split_heads(self.q(x), self.num_heads)
         k, v = _split_heads(k, self.num_heads), _split_heads(v, self.num_heads)
+        if attn_mask is not None:
+            if self.record is not None:
+                raise ValueError("a cross-attention that records its probabilities takes the "
+                                 "layout bias and key mask, not a precomputed attn_mask")
+            return self.out(_merge_heads(F.scaled_dot_product_attention(q, k, v,
+                                                                        attn_mask=attn_mask)))
         if bias is not None:
             bias = bias[:, None]  # (B, 1, N, L): broadcast over heads
         if self.record is not None and q.shape[2] >= self.record_min_tokens:
@@ -417,10 +445,12 @@ class TransformerBlock(nn.Module):
         context_mask: torch.Tensor | None = None,
         layout: torch.Tensor | None = None,
         kv: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """layout: optional cross-attention logit bias per text token over the image, (B, L, S, S)
         at any square resolution S, area-averaged to this block's H x W (pictor.guidance).
-        kv: the cross-attention's keys and values computed beforehand (CrossAttention.forward)."""
+        kv, attn_mask: the cross-attention's keys and values and its layout mask computed
+        beforehand (CrossAttention.forward)."""
         b, c, height, width = x.shape
         h = x.flatten(2).transpose(1, 2)  # (B, N=H*W, C)
         if self.pos is not None:
@@ -431,11 +461,11 @@ class TransformerBlock(nn.Module):
             if context is None:
                 raise ValueError("this block has cross-attention; pass context (B, L, D)")
             bias = None
-            if layout is not None:
+            if layout is not None and attn_mask is None:
                 if layout.shape[-2:] != (height, width):
                     layout = F.adaptive_avg_pool2d(layout, (height, width))
                 bias = layout.flatten(2).transpose(1, 2)  # (B, N, L)
-            h = h + self.cross_attn(self.norm2(h), context, context_mask, bias, kv)
+            h = h + self.cross_attn(self.norm2(h), context, context_mask, bias, kv, attn_mask)
         if self.mlp is not None:
             h = h + self.mlp(self.norm3(h))
         return h.transpose(1, 2).reshape(b, c, height, width)  # (B, C, H, W)

@@ -45,6 +45,7 @@ size (BENCHMARKS.md).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,7 @@ from pictor.networks.layers import (
     Upsample,
     UpsampleMode,
     group_norm,
+    layout_attention_mask,
     timestep_embedding,
     zero_,
 )
@@ -187,8 +189,9 @@ class _Stage(nn.Module):
     """One ResBlock, optionally followed by a TransformerBlock (a step of the U-Net)."""
 
     def __init__(self, in_ch: int, out_ch: int, cfg: UNetConfig, emb_dim: int,
-                 attention: bool, cross_attention_only: bool = False) -> None:
+                 attention: bool, cross_attention_only: bool = False, level: int = 0) -> None:
         super().__init__()
+        self.level = level  # runs at H / 2^level
         self.res = ResBlock(in_ch, out_ch, emb_dim, max_groups=cfg.max_norm_groups,
                             dropout=cfg.dropout, zero_init=cfg.zero_init_residual)
         self.attn = (
@@ -201,10 +204,11 @@ class _Stage(nn.Module):
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
                 mask: torch.Tensor | None, layout: torch.Tensor | None = None,
-                kv: torch.Tensor | None = None, film: torch.Tensor | None = None) -> torch.Tensor:
+                kv: torch.Tensor | None = None, film: torch.Tensor | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.res(h, emb, film)
         if self.attn is not None:
-            h = self.attn(h, context, mask, layout, kv)
+            h = self.attn(h, context, mask, layout, kv, attn_mask)
         return h
 
     @property
@@ -245,7 +249,7 @@ class UNet(nn.Module):
             stages = nn.ModuleList()
             for _ in range(cfg.blocks_per_level[i]):
                 stages.append(_Stage(c_prev, c, cfg, emb_dim, i in cfg.attention_levels,
-                                     i in cfg.cross_attention_only_levels))
+                                     i in cfg.cross_attention_only_levels, level=i))
                 c_prev = c
                 skip_channels.append(c)
             self.down.append(stages)
@@ -254,7 +258,7 @@ class UNet(nn.Module):
                 if extra:
                     skip_channels.append(c)
 
-        self.mid1 = _Stage(c_prev, c_prev, cfg, emb_dim, cfg.mid_attention)
+        self.mid1 = _Stage(c_prev, c_prev, cfg, emb_dim, cfg.mid_attention, level=len(ch) - 1)
         self.mid2 = ResBlock(c_prev, c_prev, emb_dim, max_groups=cfg.max_norm_groups,
                              dropout=cfg.dropout, zero_init=cfg.zero_init_residual)
 
@@ -265,7 +269,7 @@ class UNet(nn.Module):
             for _ in range(cfg.blocks_per_level[i] + extra):
                 stages.append(_Stage(c_prev + skip_channels.pop(), ch[i], cfg, emb_dim,
                                      i in cfg.attention_levels,
-                                     i in cfg.cross_attention_only_levels))
+                                     i in cfg.cross_attention_only_levels, level=i))
                 c_prev = ch[i]
             self.up.append(stages)
             if i > 0:
@@ -349,21 +353,30 @@ class UNet(nn.Module):
             pooled = (context * w).sum(1) / w.sum(1).clamp_min(1.0)
         return self.pool_proj(pooled)
 
-    def prompt_terms(self, context: Tensor, context_mask: Tensor | None = None
-                     ) -> tuple[Tensor, ...]:
+    def prompt_terms(self, context: Tensor, context_mask: Tensor | None = None,
+                     layout: Tensor | None = None) -> tuple[Tensor, ...]:
         """What forward computes from the (prepared) text alone, which a sampler can compute once
         per prompt and pass to every step as forward(..., prompt_terms=...): the pooled-text
         term of the timestep embedding (if pooled_context), then the keys and values (B, L, 2C)
-        of every cross-attention in the order forward runs them. The same computations as
-        forward's, so the output is the same to the bit. context: (B, L, D) as the blocks read
-        it (prepare_context)."""
+        of every cross-attention in the order forward runs them, then, given a layout bias
+        (B, L, S, S) at the input's resolution S, their attention masks
+        (layers.layout_attention_mask; left out if a row has no real key). The same
+        computations as forward's, so the output is the same to the bit. context: (B, L, D) as
+        the blocks read it (prepare_context), in the compute dtype."""
         if self.config.context_dim is None:
             raise ValueError("an unconditional UNet (context_dim=None) has no prompt terms")
         context, context_mask = self._text_inputs(context.shape[0], context, context_mask)
         pooled = () if self.pool_proj is None else (self._pooled_term(context, context_mask),)
-        kvs = tuple(s.cross_attention.kv(context) for s in self._stages()
-                    if s.cross_attention is not None)
-        return (*pooled, *kvs)
+        stages = [s for s in self._stages() if s.cross_attention is not None]
+        kvs = tuple(s.cross_attention.kv(context) for s in stages)
+        if layout is None:
+            return (*pooled, *kvs)
+        size = layout.shape[-1]
+        masks = tuple(layout_attention_mask(layout, size >> s.level, size >> s.level,
+                                            context_mask, context.dtype) for s in stages)
+        if any(m is None for m in masks):
+            return (*pooled, *kvs)
+        return (*pooled, *kvs, *masks)
 
     def forward(
         self,
@@ -401,15 +414,21 @@ class UNet(nn.Module):
                              f"= {None if context is None else tuple(context.shape[:2])}, got "
                              f"{tuple(layout.shape)}")
 
+        masks: Iterator[Tensor] = iter(())
         if prompt_terms is not None:
             if not (given and context_prepared):
                 raise ValueError("prompt_terms need the prepared context they were computed from "
                                  "(context_prepared=True)")
             num_kv = sum(s.cross_attention is not None for s in self._stages())
-            if len(prompt_terms) != num_kv + (self.pool_proj is not None):
-                raise ValueError(f"prompt_terms must be UNet.prompt_terms' {num_kv} + "
-                                 f"{int(self.pool_proj is not None)} tensors, got "
-                                 f"{len(prompt_terms)}")
+            base = num_kv + (self.pool_proj is not None)
+            if len(prompt_terms) not in (base, base + num_kv):
+                raise ValueError(f"prompt_terms must be UNet.prompt_terms' {base} tensors (+ "
+                                 f"{num_kv} with a layout), got {len(prompt_terms)}")
+            masks = iter(prompt_terms[base:])
+            if len(prompt_terms) > base and (layout is None
+                                             or layout.shape[-2:] != (height, width)):
+                raise ValueError("prompt_terms computed with a layout need that layout, at the "
+                                 f"input's resolution {height}x{width}")
         terms = iter(prompt_terms or ())
 
         emb = self.time_mlp(timestep_embedding(t, cfg.channels[0]).to(x.dtype))  # (B, E)
@@ -422,6 +441,9 @@ class UNet(nn.Module):
             return (next(terms) if prompt_terms is not None and stage.cross_attention is not None
                     else None)
 
+        def attn_mask(stage: _Stage) -> Tensor | None:
+            return next(masks, None) if stage.cross_attention is not None else None
+
         films = self._films(emb)
         film = iter(films) if films is not None else iter(lambda: None, 0)  # None forever
 
@@ -430,20 +452,22 @@ class UNet(nn.Module):
         skips = [h] if extra else []
         for i, stages in enumerate(self.down):
             for stage in stages:
-                h = stage(h, emb, context, context_mask, layout, kv(stage), next(film))
+                h = stage(h, emb, context, context_mask, layout, kv(stage), next(film),
+                          attn_mask(stage))
                 skips.append(h)
             if i < len(self.downsamplers):
                 h = self.downsamplers[i](h)
                 if extra:
                     skips.append(h)
 
-        h = self.mid1(h, emb, context, context_mask, layout, kv(self.mid1), next(film))
+        h = self.mid1(h, emb, context, context_mask, layout, kv(self.mid1), next(film),
+                      attn_mask(self.mid1))
         h = self.mid2(h, emb, next(film))
 
         for j, stages in enumerate(self.up):
             for stage in stages:
                 h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask, layout,
-                          kv(stage), next(film))
+                          kv(stage), next(film), attn_mask(stage))
             if j < len(self.upsamplers):
                 h = self.upsamplers[j](h)
 

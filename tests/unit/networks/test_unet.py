@@ -231,6 +231,16 @@ def test_prompt_terms_and_inference_caches_give_the_same_pass():
         assert torch.equal(plain, got)
         assert torch.equal(model(x, t, prepared, mask, context_prepared=True, layout=layout,
                                  prompt_terms=terms), plain)
+        # with the layout, the terms also hold each cross-attention's mask
+        with_masks = model.prompt_terms(prepared, mask, layout)
+        assert len(with_masks) == 1 + 2 * len(kv_blocks)
+        assert torch.equal(model(x, t, prepared, mask, context_prepared=True, layout=layout,
+                                 prompt_terms=with_masks), plain)
+        with pytest.raises(ValueError, match="need that layout"):
+            model(x, t, prepared, mask, context_prepared=True, prompt_terms=with_masks)
+        no_keys = mask.clone()
+        no_keys[0] = False  # a row without a real key: no masks (the pass zeroes that row)
+        assert len(model.prompt_terms(prepared, no_keys, layout)) == len(terms)
         # new weights are used: the cached terms follow an in-place update
         for p in [*model.parameters()]:
             p.add_(0.01 * torch.randn_like(p))
