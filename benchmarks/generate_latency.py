@@ -6,10 +6,10 @@ its defaults (compute dtype "auto": bfloat16 where the CPU has it; guidance inte
 the last steps skip the unconditional pass; layout guidance, which the prompt's relation turns
 on), guided at every step, and in float32 guided at every step without layout guidance, which is
 what the diffusers pipeline does (fp32):
-- in process: one image (median of --runs calls, after --warm-up untimed calls, by which our
-  pipeline runs a TorchScript trace of its U-Net, bit-identical to eager; text embeddings are
-  cached per prompt, as in a server), the same with the eager U-Net (what a one-image process
-  runs), and a batch of --batch-size images;
+- in process: one image (median of --runs calls, after at least --warm-up untimed calls and
+  until our pipeline runs every U-Net input shape as a TorchScript trace, bit-identical to
+  eager; text embeddings are cached per prompt, as in a server), the same with the eager U-Net
+  (what a one-image process runs), and a batch of --batch-size images;
 - cold start: wall time of a whole `pictor generate PROMPT -n 1` process (imports, model and
   text-encoder loading, sampling, PNG writing), median of --cold-runs subprocesses, with a
   prompt no earlier process has seen and the compiled text encoder an earlier run saved
@@ -141,8 +141,14 @@ class DiffusersSampler:
         return self.decode(self.denoise(n))
 
 
-def timed(fn, num_runs: int, warm_up: int = 1) -> list[float]:
-    for _ in range(warm_up):
+def timed(fn, num_runs: int, warm_up: int = 1, pipeline=None) -> list[float]:
+    """Wall seconds of num_runs calls of fn after warm_up untimed ones; given our pipeline, the
+    untimed calls go on until every U-Net input shape it runs is traced (the steady state of a
+    process that keeps generating; pictor.pipeline.TRACE_AFTER_CALLS)."""
+    for k in range(1000):
+        if k >= warm_up and (pipeline is None or pipeline.trace_after_calls is None
+                             or (k > 0 and pipeline.untraced_shapes == 0)):
+            break
         fn()
     seconds = []
     for _ in range(num_runs):
@@ -198,8 +204,8 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=3, help="`pictor generate` processes")
     parser.add_argument("--warm-up", type=int, default=4,
                         help="untimed calls before each in-process measurement (ours and "
-                             "diffusers alike): the steady state of a process that keeps "
-                             "generating, by which ours has traced its U-Net")
+                             "diffusers alike; ours goes on until its U-Net runs traced): the "
+                             "steady state of a process that keeps generating")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=2)
@@ -228,14 +234,15 @@ def main() -> None:
     w = args.warm_up
     env_before = environment()
     runs = {
-        "ours_1": timed(ours(1), args.runs, w),
+        "ours_1": timed(ours(1), args.runs, w, pipe),
         "ours_1_eager": timed(ours(1, eager), args.runs, w),
-        "ours_1_every_step": timed(ours(1, guidance_interval=None, layout=False), args.runs, w),
+        "ours_1_every_step": timed(ours(1, guidance_interval=None, layout=False), args.runs, w,
+                                   pipe),
         "ours_1_float32_every_step": timed(ours(1, pipe32, guidance_interval=None,
-                                                layout=False), args.runs, w),
+                                                layout=False), args.runs, w, pipe32),
         "diffusers_1": timed(lambda: ref(1), args.runs, w),
         "diffusers_unet_loop_1": timed(lambda: ref.denoise(1), args.runs, w),
-        f"ours_{n}": timed(ours(n), args.batch_runs, w),
+        f"ours_{n}": timed(ours(n), args.batch_runs, w, pipe),
         f"diffusers_{n}": timed(lambda: ref(n), args.batch_runs, w),
         **{f"cold_start_ours_{c}_cache": cold_start_seconds(args.model, args.cold_runs,
                                                             args.threads, cache=c)
@@ -311,8 +318,10 @@ def main() -> None:
         f"({results['ours_num_params'] / 1e6:.2f}M U-Net parameters, diffusion on "
         f"{tuple(pipe.latent_shape)}), {args.threads} threads, {env_before['cpu']}, torch "
         f"{env_before['torch']}. In-process medians of {args.runs} calls (batch: "
-        f"{args.batch_runs}) after {args.warm_up} untimed calls each (ours then runs its "
-        f"traced U-Net, TRACE_AFTER_CALLS in pictor.pipeline); cold start = a whole `pictor generate -n 1` process, median of "
+        f"{args.batch_runs}) after at least {args.warm_up} untimed calls each (ours: until "
+        f"every U-Net input shape runs traced, TRACE_AFTER_CALLS in pictor.pipeline, and each "
+        f"context's prompt terms are computed once per call); cold start = a whole "
+        f"`pictor generate -n 1` process, median of "
         f"{args.cold_runs}. diffusers: UNet2DConditionModel {tuple(ref.widths)} "
         f"({results['diffusers_unet_num_params'] / 1e6:.2f}M) + AutoencoderKL "
         f"({results['diffusers_vae_num_params'] / 1e6:.2f}M) + DPMSolverMultistepScheduler, "

@@ -411,6 +411,13 @@ class Pipeline:
                 self._traces.popitem(last=False)
             return traced
 
+    @property
+    def untraced_shapes(self) -> int:
+        """How many U-Net input shapes this pipeline has run that are not traced yet (a
+        process that keeps generating reaches 0 after TRACE_AFTER_CALLS passes of each)."""
+        with self._trace_lock:
+            return sum(key not in self._traces for key in self._shape_calls)
+
     # ------------------------------------------------------------------ text
     @property
     def text_encoder(self) -> Any:

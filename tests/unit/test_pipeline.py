@@ -285,6 +285,13 @@ def test_run_unet_is_the_same_pass_eager_traced_and_with_its_prompt_terms(model_
             assert torch.equal(eager.run_unet(x, tt, both["context"], both["mask"], layout),
                                traced.run_unet(x, tt, both["context"], both["mask"], layout))
     assert len(eager._prompt_terms) == 1 and traced._traces
+    fresh = load_pipeline(model_dir)
+    fresh.trace_after_calls = 2
+    with torch.inference_mode():
+        fresh.run_unet(x, torch.tensor([700.0, 700.0]), both["context"], both["mask"])
+        assert fresh.untraced_shapes == 1
+        fresh.run_unet(x, torch.tensor([700.0, 700.0]), both["context"], both["mask"])
+    assert fresh.untraced_shapes == 0
 
 
 def test_layout_guidance_changes_only_prompts_with_a_plan_and_is_recorded(pipe):
