@@ -320,13 +320,13 @@ class Pipeline:
         self._shape_calls: dict[tuple, int] = {}
         self._traces: OrderedDict[tuple, Any] = OrderedDict()
         self._trace_lock = threading.Lock()
-        # The U-Net's prompt terms (UNet.prompt_terms: the pooled text and every
-        # cross-attention's keys and values) of the last few contexts run, so that the steps of
-        # a sampler compute them once: [(context, mask, dtype, context in dtype, terms)].
+        # The U-Net's prompt terms (UNet.prompt_terms) of the last contexts run, so that the
+        # steps of a sampler compute them once: [(context, mask, layout, dtype, context in
+        # dtype, layout in dtype, terms)], most recent first (Pipeline._context_terms).
         self._prompt_terms: list[tuple] = []
         # Text-adapter outputs per (prompt, length, compute dtype) (Pipeline._adapted).
         self._adapted_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._terms_lock = threading.Lock()
+        self._terms_lock = threading.Lock()  # guards both
 
     def set_compute_dtype(self, name: str) -> None:
         """Run the U-Net in `name` ("auto" or a key of COMPUTE_DTYPES; resolve_compute_dtype)."""
@@ -338,7 +338,6 @@ class Pipeline:
             self._shape_calls.clear()
         with self._terms_lock:
             self._prompt_terms.clear()
-        with self._trace_lock:
             self._adapted_cache.clear()
 
     def run_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
@@ -372,10 +371,10 @@ class Pipeline:
 
         with self._terms_lock:
             for i, entry in enumerate(self._prompt_terms):
-                c, m, lay, d, converted = entry[:5]
+                c, m, lay, d, converted, converted_layout, terms = entry
                 if d == dtype and same(c, context) and same(m, mask) and same(lay, layout):
                     self._prompt_terms.insert(0, self._prompt_terms.pop(i))
-                    return converted, entry[5], entry[6]
+                    return converted, converted_layout, terms
             converted = context.to(dtype)
             layout_in_dtype = None if layout is None else layout.to(dtype)
             with torch.inference_mode():
@@ -520,14 +519,14 @@ class Pipeline:
         and back; kept per (prompt, length, dtype) like the embeddings (the empty negative
         prompt comes with every request)."""
         key = (prompt, emb.shape[1], self.compute_dtype)
-        with self._trace_lock:
+        with self._terms_lock:
             if key in self._adapted_cache:
                 self._adapted_cache.move_to_end(key)
                 return self._adapted_cache[key]
         dtype = COMPUTE_DTYPES[self.compute_dtype]
         with torch.inference_mode():
             out = self.unet.prepare_context(emb.to(dtype), mask).to(emb.dtype)
-        with self._trace_lock:
+        with self._terms_lock:
             self._adapted_cache[key] = out
             while len(self._adapted_cache) > self.prompt_cache_size:
                 self._adapted_cache.popitem(last=False)

@@ -45,6 +45,7 @@ size (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -63,6 +64,7 @@ from pictor.networks.layers import (
     group_norm,
     layout_attention_mask,
     timestep_embedding,
+    weights_version,
     zero_,
 )
 
@@ -332,9 +334,8 @@ class UNet(nn.Module):
         if torch.is_grad_enabled():
             return None
         projs = [r.emb_proj for r in self._res_blocks()]
-        key = (emb.dtype, str(emb.device), *((p.weight.data_ptr(), p.weight._version,
-                                              p.bias.data_ptr(), p.bias._version)
-                                             for p in projs))
+        key = (emb.dtype, str(emb.device),
+               *weights_version(*(w for p in projs for w in (p.weight, p.bias))))
         cached = self.__dict__.get("_film_cache")
         if cached is None or cached[0] != key:
             weight = torch.cat([p.weight for p in projs]).to(emb.dtype)
@@ -445,7 +446,7 @@ class UNet(nn.Module):
             return next(masks, None) if stage.cross_attention is not None else None
 
         films = self._films(emb)
-        film = iter(films) if films is not None else iter(lambda: None, 0)  # None forever
+        film = iter(films) if films is not None else itertools.repeat(None)
 
         extra = cfg.extra_up_block
         h = self.conv_in(x)
