@@ -27,6 +27,7 @@ from torch import nn
 
 from pictor.networks.layers import (
     UPSAMPLE_MODES,
+    Conv2d,
     Downsample,
     ResBlock,
     Upsample,
@@ -96,7 +97,7 @@ class _Encoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()
         ch, g = cfg.channels, cfg.max_norm_groups
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         layers: list[nn.Module] = []
         c_prev = ch[0]
         for i, c in enumerate(ch):
@@ -108,7 +109,7 @@ class _Encoder(nn.Module):
         layers.append(ResBlock(c_prev, c_prev, max_groups=g))  # mid
         self.body = nn.Sequential(*layers)
         self.norm_out = group_norm(c_prev, g)
-        self.conv_out = nn.Conv2d(c_prev, 2 * cfg.latent_channels, 3, padding=1)
+        self.conv_out = Conv2d(c_prev, 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.body(self.conv_in(x))
@@ -119,7 +120,7 @@ class _Decoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()
         ch, g = tuple(reversed(cfg.channels)), cfg.max_norm_groups
-        self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
+        self.conv_in = Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
         layers: list[nn.Module] = [ResBlock(ch[0], ch[0], max_groups=g)]  # mid
         c_prev = ch[0]
         for i, c in enumerate(ch):
@@ -132,7 +133,7 @@ class _Decoder(nn.Module):
                 c_prev = up.out_channels
         self.body = nn.Sequential(*layers)
         self.norm_out = group_norm(c_prev, g)
-        self.conv_out = nn.Conv2d(c_prev, cfg.in_channels, 3, padding=1)
+        self.conv_out = Conv2d(c_prev, cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.body(self.conv_in(z))

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from pictor.networks.layers import (
     UPSAMPLE_MODES,
+    Conv2d,
     Downsample,
     ResBlock,
     TextAdapter,
@@ -241,7 +242,7 @@ class UNet(nn.Module):
             TextAdapter(cfg.context_dim, cfg.text_adapter_layers, cfg.context_dim // cfg.head_dim)
             if cfg.text_adapter_layers and cfg.context_dim is not None else None)
 
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         extra = cfg.extra_up_block
         skip_channels = [ch[0]] if extra else []
         self.down = nn.ModuleList()
@@ -281,7 +282,7 @@ class UNet(nn.Module):
                 c_prev = up.out_channels
 
         self.norm_out = group_norm(ch[0], cfg.max_norm_groups)
-        self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
+        self.conv_out = Conv2d(ch[0], cfg.out_channels, 3, padding=1)
         if cfg.zero_init_output:
             zero_(self.conv_out)
 

@@ -196,3 +196,35 @@ def test_pointwise_conv_is_a_1x1_convolution_with_or_without_autograd(dtype, tol
     torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)
     out.sum().backward()
     assert conv.weight.grad is not None and conv.bias.grad is not None
+
+
+@pytest.mark.parametrize("stride,bias", [(1, True), (2, True), (1, False)])
+def test_conv_runs_bit_identical_to_f_conv2d_with_its_weights_packed_once(stride, bias):
+    """layers.Conv2d in bfloat16 without autograd runs oneDNN's prepacked convolution where the
+    build has it: the same bits as F.conv2d at every batch, eager and traced, the weights packed
+    once and packed again after they change in place; with autograd it is nn.Conv2d."""
+    from pictor.networks.layers import Conv2d, _conv_prepack_available
+
+    torch.manual_seed(0)
+    conv = Conv2d(16, 24, 3, stride=stride, padding=1, bias=bias).to(torch.bfloat16)
+    f = torch.nn.functional.conv2d
+
+    def reference(x):
+        return f(x, conv.weight, conv.bias, stride, 1)
+
+    with torch.no_grad():
+        for batch in (1, 2, 5):
+            x = torch.randn(batch, 16, 8, 8).to(torch.bfloat16)
+            assert torch.equal(conv(x), reference(x))
+        packed = conv.__dict__.get("_packed_entry")
+        assert (packed is not None) == _conv_prepack_available()
+        traced = torch.jit.trace(conv, (x,), check_trace=False)
+        assert torch.equal(traced(x), reference(x))
+        conv.weight.mul_(-2)  # an in-place update (an optimizer step) repacks
+        assert torch.equal(conv(x), reference(x))
+        assert conv.__dict__.get("_packed_entry") is not packed or packed is None
+    x = torch.randn(2, 16, 8, 8, dtype=torch.bfloat16)
+    out = conv(x)  # autograd: nn.Conv2d
+    assert torch.equal(out, reference(x))
+    out.float().sum().backward()
+    assert conv.weight.grad is not None
