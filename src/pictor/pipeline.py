@@ -268,7 +268,12 @@ def _trace_unet(unet: UNet, example: tuple[torch.Tensor, ...]) -> Any:
             warnings.simplefilter("ignore")  # TracerWarnings about the branches above
             with torch.no_grad():
                 wrapper = _PreparedContextUNet if len(example) == 5 else _PreparedContextLayoutUNet
-                return torch.jit.trace(wrapper(unet).eval(), example, check_trace=False)
+                module = wrapper(unet).eval()
+                # One eager pass first fills the caches of values computed once per weight
+                # version (packed convolution weights, position terms), so that the trace reads
+                # them as constants instead of recording their computation.
+                module(*example)
+                return torch.jit.trace(module, example, check_trace=False)
     except Exception:  # noqa: BLE001 - TorchScript is optional; eager is always right
         return None
 

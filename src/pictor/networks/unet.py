@@ -57,6 +57,7 @@ from pictor.networks.layers import (
     UPSAMPLE_MODES,
     Conv2d,
     Downsample,
+    Linear,
     ResBlock,
     TextAdapter,
     TransformerBlock,
@@ -64,6 +65,7 @@ from pictor.networks.layers import (
     UpsampleMode,
     group_norm,
     layout_attention_mask,
+    linear,
     timestep_embedding,
     weights_version,
     zero_,
@@ -229,11 +231,11 @@ class UNet(nn.Module):
         self.config = cfg
         ch = cfg.channels
         emb_dim = cfg.time_embed_dim or 4 * ch[0]
-        self.time_mlp = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(),
-                                      nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(Linear(ch[0], emb_dim), nn.SiLU(),
+                                      Linear(emb_dim, emb_dim))
         if cfg.context_dim is not None:
             self.null_context = nn.Parameter(torch.zeros(1, 1, cfg.context_dim))  # (1, 1, D)
-            self.pool_proj = (nn.Linear(cfg.context_dim, emb_dim) if cfg.pooled_context
+            self.pool_proj = (Linear(cfg.context_dim, emb_dim) if cfg.pooled_context
                               else None)
         else:
             self.null_context = None
@@ -344,7 +346,7 @@ class UNet(nn.Module):
             cached = (key, weight, bias, [p.out_features for p in projs])
             self.__dict__["_film_cache"] = cached
         _, weight, bias, sizes = cached
-        return list(F.linear(F.silu(emb), weight, bias).split(sizes, dim=1))
+        return list(linear(F.silu(emb), weight, bias).split(sizes, dim=1))
 
     def _pooled_term(self, context: Tensor, context_mask: Tensor | None) -> Tensor:
         """pool_proj of the masked mean of the tokens (B, E), added to the timestep embedding."""

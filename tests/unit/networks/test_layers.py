@@ -228,3 +228,26 @@ def test_conv_runs_bit_identical_to_f_conv2d_with_its_weights_packed_once(stride
     assert torch.equal(out, reference(x))
     out.float().sum().backward()
     assert conv.weight.grad is not None
+
+
+def test_linear_is_bit_identical_to_f_linear_eager_traced_and_with_autograd():
+    """layers.Linear in bfloat16 without autograd calls oneDNN's matmul directly (where the
+    build has it): the same bits as F.linear for 2-D and 3-D inputs, eagerly and in a trace."""
+    from pictor.networks.layers import Linear
+
+    torch.manual_seed(0)
+    lin = Linear(24, 40).to(torch.bfloat16)
+    f = torch.nn.functional.linear
+    with torch.no_grad():
+        for shape in ((7, 24), (2, 33, 24), (1, 256, 24)):
+            x = torch.randn(shape).to(torch.bfloat16)
+            assert torch.equal(lin(x), f(x, lin.weight, lin.bias))
+            traced = torch.jit.trace(lin, (x,), check_trace=False)
+            assert torch.equal(traced(x), f(x, lin.weight, lin.bias))
+        x_t = torch.randn(24, 5).to(torch.bfloat16).t()  # not contiguous: F.linear's path
+        assert torch.equal(lin(x_t), f(x_t, lin.weight, lin.bias))
+    x = torch.randn(3, 24, dtype=torch.bfloat16)
+    out = lin(x)
+    assert torch.equal(out, f(x, lin.weight, lin.bias))
+    out.float().sum().backward()
+    assert lin.weight.grad is not None
