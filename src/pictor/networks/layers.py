@@ -80,16 +80,21 @@ def zero_(module: nn.Module) -> nn.Module:
 
 
 @functools.cache
-def _conv_prepack_available() -> bool:
-    """Whether this torch build has oneDNN's prepacked convolution (torch.ops.mkldnn_prepacked,
-    the op context torch.jit.freeze's MKLDNN rewrite uses)."""
+def _has_onednn_op(namespace: str, name: str) -> bool:
+    """Whether this torch build has oneDNN and the operator torch.ops.<namespace>.<name>."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        torch.ops.mkldnn_prepacked.conv2d_prepack  # noqa: B018 (raises if the op is missing)
+        getattr(getattr(torch.ops, namespace), name)
     except (AttributeError, RuntimeError):
         return False
     return True
+
+
+def _conv_prepack_available() -> bool:
+    """Whether this torch build has oneDNN's prepacked convolution (torch.ops.mkldnn_prepacked,
+    the op context torch.jit.freeze's MKLDNN rewrite uses)."""
+    return _has_onednn_op("mkldnn_prepacked", "conv2d_prepack")
 
 
 class Conv2d(nn.Conv2d):
@@ -127,17 +132,6 @@ class Conv2d(nn.Conv2d):
         return context
 
 
-@functools.cache
-def _linear_pointwise_available() -> bool:
-    """Whether this torch build has oneDNN's linear op (torch.ops.mkldnn._linear_pointwise)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        torch.ops.mkldnn._linear_pointwise  # noqa: B018 (raises if the op is missing)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
            ) -> torch.Tensor:
@@ -148,7 +142,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if (torch.is_grad_enabled() or x.dtype != torch.bfloat16 or x.device.type != "cpu"
             or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)
             or not x.is_contiguous() or torch.is_autocast_enabled("cpu")
-            or not _linear_pointwise_available()):
+            or not _has_onednn_op("mkldnn", "_linear_pointwise")):
         return F.linear(x, weight, bias)
     if torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] argument
         return _scripted_linear_pointwise()(x, weight, bias)
