@@ -136,6 +136,10 @@ def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
 def _inside(t: torch.Tensor, interval: tuple[float, float], schedule) -> bool:
     """Whether the noise level of timestep(s) t (B,) lies in [sigma_lo, sigma_hi] (the whole batch
     shares one step; a batch that straddles a bound counts as inside)."""
+    steps = t.detach().cpu().tolist()
+    if all(float(s).is_integer() for s in steps):  # the table itself: no tensor arithmetic
+        sigmas = [float(schedule.sigmas[int(s)]) for s in steps]
+        return any(interval[0] <= s <= interval[1] for s in sigmas)
     ab = schedule.alpha_bar_at(t.detach().double().cpu())
     sigma = ((1 - ab) / ab).sqrt()  # inf where ab = 0 (zero terminal SNR)
     return bool(((sigma >= interval[0]) & (sigma <= interval[1])).any())
