@@ -81,14 +81,16 @@ def zero_(module: nn.Module) -> nn.Module:
 
 @functools.cache
 def _has_onednn_op(namespace: str, name: str) -> bool:
-    """Whether this torch build has oneDNN and the operator torch.ops.<namespace>.<name>."""
+    """Whether this torch build has oneDNN and the operator torch.ops.<namespace>.<name>, and
+    oneDNN runs bfloat16 on this CPU (else PyTorch's own bfloat16 path is not oneDNN's, and
+    calling oneDNN would change the bits or fail)."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
         getattr(getattr(torch.ops, namespace), name)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-    return True
 
 
 def _conv_prepack_available() -> bool:
