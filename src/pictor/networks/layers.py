@@ -97,6 +97,17 @@ def _has_onednn_op(namespace: str, name: str) -> bool:
         return False
 
 
+def _onednn_bf16_inference(x: torch.Tensor, weight: torch.Tensor,
+                           bias: torch.Tensor | None) -> bool:
+    """Whether a call may take the oneDNN paths of `Conv2d` and `linear`: no autograd, no
+    autocast, a contiguous bfloat16 CPU input with weights (and bias) of its dtype. Elsewhere
+    PyTorch's own path is kept, whose bits those paths were checked against only here."""
+    return (not torch.is_grad_enabled() and x.dtype == torch.bfloat16
+            and x.device.type == "cpu" and x.is_contiguous() and weight.dtype == x.dtype
+            and (bias is None or bias.dtype == x.dtype)
+            and not torch.is_autocast_enabled("cpu"))
+
+
 def _conv_prepack_available() -> bool:
     """Whether this torch build has oneDNN's prepacked convolution (torch.ops.mkldnn_prepacked,
     the op context torch.jit.freeze's MKLDNN rewrite uses)."""
@@ -110,15 +121,15 @@ class Conv2d(nn.Conv2d):
     sampler's pass that reorder is a large part of the convolution (192 -> 192 channels at 4x4
     on 2 cores: 164 against 78 us at batch 1). The reordered weights (an op context of
     torch.ops.mkldnn_prepacked, which a TorchScript trace keeps as a constant) are kept while
-    the weights and the input's channels and size stay the same. The output is bit-identical to F.conv2d's
-    (tested): the same oneDNN kernel runs on the same values. Other dtypes, devices and autograd
-    take nn.Conv2d's path (float32 F.conv2d is not always oneDNN's, so its bits could change)."""
+    the weights and the input's channels and size stay the same. The output is bit-identical to
+    F.conv2d's (tested): the same oneDNN kernel runs on the same values. Other dtypes, devices
+    and autograd take nn.Conv2d's path (float32 F.conv2d is not always oneDNN's, so its bits
+    could change)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (torch.is_grad_enabled() or x.dtype != torch.bfloat16 or x.device.type != "cpu"
-                or self.weight.dtype != x.dtype or x.dim() != 4 or not x.is_contiguous()
-                or self.padding_mode != "zeros" or isinstance(self.padding, str)
-                or torch.is_autocast_enabled("cpu") or not _conv_prepack_available()):
+        if (x.dim() != 4 or self.padding_mode != "zeros" or isinstance(self.padding, str)
+                or not _onednn_bf16_inference(x, self.weight, self.bias)
+                or not _conv_prepack_available()):
             return super().forward(x)
         return torch.ops.mkldnn_prepacked.conv2d_run(x, self._packed(x))
 
@@ -144,9 +155,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     matmul directly: the same kernel F.linear reaches through addmm (bit-identical output,
     tested), without the layers of dispatch in between, which at a sampler's small matrices are
     ~15% of a call (256 x 64 -> 192 on 2 cores: 44 against 35 us)."""
-    if (torch.is_grad_enabled() or x.dtype != torch.bfloat16 or x.device.type != "cpu"
-            or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)
-            or not x.is_contiguous() or torch.is_autocast_enabled("cpu")
+    if (not _onednn_bf16_inference(x, weight, bias)
             or not _has_onednn_op("mkldnn", "_linear_pointwise")):
         return F.linear(x, weight, bias)
     if torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] argument
