@@ -117,6 +117,26 @@ def _cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@lru_cache(maxsize=4)
+def device_name(device: torch.device) -> str:
+    """The processor a pipeline computes on, as records name it: "cuda: <GPU name>" or
+    "cpu: <model name>" (/proc/cpuinfo, else platform.processor()). The same seed and settings
+    give the same pixels on one kind of processor; another kind may round its low-precision
+    (and vectorised float32) kernels differently, so `pictor reproduce` names both."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    import platform
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((line for line in f if line.startswith("model name")), "")
+        name = line.split(":", 1)[1].strip() if ":" in line else ""
+    except OSError:  # not Linux
+        pass
+    return f"{device.type}: {name or platform.processor() or platform.machine() or 'unknown'}"
+
+
 def resolve_compute_dtype(name: str, device: torch.device) -> str:
     """"auto" -> "bfloat16" where `device` computes bf16 natively, else "float32"; other names
     are checked and returned. ValueError for an unknown name."""
@@ -670,7 +690,7 @@ class Pipeline:
                 model_sha256=self.model_sha256, negative_prompt=negative_prompt,
                 width=image.width, height=image.height,
                 extra={"guidance_interval": interval, "compute_dtype": self.compute_dtype,
-                       **layout_extra(layout)})
+                       "device": device_name(self.device), **layout_extra(layout)})
             out.append(GeneratedImage(image=image, record=record))
         return out
 

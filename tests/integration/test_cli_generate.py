@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pipeline_support import tiny_model_dir
 
 from pictor.cli.main import main
+from pictor.pipeline import device_name
 from pictor.provenance import DIGITAL_SOURCE_TYPE, read_provenance, save_png
 
 PROMPT = "a red circle"
@@ -57,7 +59,28 @@ def test_reproduce_matches_and_detects_changes(model_dir, tmp_path, capsys):
     arr[0, 0] = 255 - arr[0, 0]
     tampered = save_png(Image.fromarray(arr), tmp_path / "tampered.png", read_provenance(image))
     assert main(["reproduce", str(tampered), "--model", str(model_dir)]) == 1
-    assert "mismatch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mismatch" in out and "note:" not in out  # made on this processor: no note
+
+
+def test_reproduce_names_both_processors_when_the_image_was_made_on_another(
+        model_dir, tmp_path, capsys):
+    [path] = generate(model_dir, tmp_path, capsys, "-n", "1", "--seed", "4")
+    image = Image.open(path)
+    record = read_provenance(image)
+    here = record.extra["device"]
+    assert here == device_name(torch.device("cpu")) and here.startswith("cpu: ")
+    record.extra["device"] = "cpu: Some Other Processor"
+    same_pixels = save_png(image.convert("RGB"), tmp_path / "elsewhere.png", record)
+    assert main(["reproduce", str(same_pixels), "--model", str(model_dir)]) == 0  # pixels decide
+    assert "note:" not in capsys.readouterr().out
+    arr = np.asarray(image.convert("RGB")).copy()
+    arr[1, 1] = 255 - arr[1, 1]
+    differs = save_png(Image.fromarray(arr), tmp_path / "elsewhere-differs.png", record)
+    assert main(["reproduce", str(differs), "--model", str(model_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "mismatch" in out
+    assert f"made on cpu: Some Other Processor, this is {here}" in out
 
 
 def test_reproduce_follows_the_recorded_guidance_interval_and_dtype(model_dir, tmp_path, capsys):

@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline_support import tiny_model_dir
 from serve_support import TOKEN, running_server, wait_for, wait_running
 
-from pictor.pipeline import load_pipeline
+from pictor.pipeline import device_name, load_pipeline
 from pictor.provenance import DIGITAL_SOURCE_TYPE, read_digital_source_type, read_provenance
 from pictor.serving.settings import ServeSettings
 
@@ -286,7 +286,8 @@ def test_visible_mark_changes_only_a_corner_and_is_recorded(pipe):
         png = Image.open(io.BytesIO(c.get(job["images"][0]["url"]).content))
     assert read_provenance(png).extra == {"visible_mark": "AI-generated",
                                           "guidance_interval": [1.0, None],
-                                          "compute_dtype": pipe.compute_dtype, "layout": True,
+                                          "compute_dtype": pipe.compute_dtype,
+                                          "device": device_name(pipe.device), "layout": True,
                                           "layout_rules": ["relation", "count"]}
     marked, [plain] = np.asarray(png.convert("RGB")), solo_pixels(pipe, body)
     changed = np.argwhere((marked != plain).any(axis=-1))

@@ -197,7 +197,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from pictor.pipeline import layout_from_extra, load_pipeline
+    from pictor.pipeline import device_name, layout_from_extra, load_pipeline
     from pictor.provenance import read_provenance, save_png
 
     try:
@@ -239,4 +239,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
         detail = (f"{int((diff.max(axis=-1) > 0).sum())} of {diff.shape[0] * diff.shape[1]} "
                   f"pixels differ, max difference {int(diff.max())}")
     print(f"mismatch: {args.image} is not reproduced ({detail})")
+    made_on, here = record.extra.get("device"), device_name(pipe.device)
+    if made_on is not None and made_on != here:
+        print(f"note: the image was made on {made_on}, this is {here}; pixels are reproduced "
+              "exactly on the same kind of processor, another may round its kernels "
+              "differently (bfloat16 especially)")
     return 1

@@ -51,6 +51,7 @@ from pictor.pipeline import (
     GeneratedImage,
     Pipeline,
     canonical_sampler_name,
+    device_name,
     guidance_interval_value,
     layout_extra,
 )
@@ -230,7 +231,8 @@ def provenance_record(pipe: Pipeline, request: GenerationRequest, seed: int, wid
         model_name=pipe.model_name, model_sha256=pipe.model_sha256,
         negative_prompt=request.negative_prompt, width=width, height=height,
         extra={"guidance_interval": guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
-               "compute_dtype": pipe.compute_dtype, **layout_extra(request.layout),
+               "compute_dtype": pipe.compute_dtype, "device": device_name(pipe.device),
+               **layout_extra(request.layout),
                **(extra or {})})
 
 
