@@ -26,7 +26,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +107,20 @@ def layout_from_extra(extra: dict[str, Any]) -> tuple[str, ...]:
     return layout_rules(extra.get("layout_rules", ["relation"]))
 
 
-@lru_cache(maxsize=1)
-def _cpu_has_native_bf16() -> bool:
+@cache
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first `field` line of /proc/cpuinfo ("flags", "model name"), None where
+    there is none (not Linux, or no such line)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:  # not Linux: stay with float32
-        return False
+            line = next((line for line in f if line.split(":", 1)[0].strip() == field), None)
+    except OSError:
+        return None
+    return None if line is None or ":" not in line else line.split(":", 1)[1].strip()
+
+
+def _cpu_has_native_bf16() -> bool:
+    flags = (_cpuinfo("flags") or "").split()  # not Linux: stay with float32
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -127,14 +134,8 @@ def device_name(device: torch.device) -> str:
         return f"cuda: {torch.cuda.get_device_name(device)}"
     import platform
 
-    name = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            line = next((line for line in f if line.startswith("model name")), "")
-        name = line.split(":", 1)[1].strip() if ":" in line else ""
-    except OSError:  # not Linux
-        pass
-    return f"{device.type}: {name or platform.processor() or platform.machine() or 'unknown'}"
+    name = _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
+    return f"{device.type}: {name}"
 
 
 def resolve_compute_dtype(name: str, device: torch.device) -> str:
@@ -689,10 +690,17 @@ class Pipeline:
                 guidance_scale=float(guidance_scale), model_name=self.model_name,
                 model_sha256=self.model_sha256, negative_prompt=negative_prompt,
                 width=image.width, height=image.height,
-                extra={"guidance_interval": interval, "compute_dtype": self.compute_dtype,
-                       "device": device_name(self.device), **layout_extra(layout)})
+                extra=self.record_extra(interval, layout))
             out.append(GeneratedImage(image=image, record=record))
         return out
+
+    def record_extra(self, guidance_interval: list[float | None] | None,
+                     layout: bool | Sequence[str]) -> dict[str, Any]:
+        """A record's `extra` for an image of this pipeline (the CLI's and the server's): the
+        guidance interval (guidance_interval_value), compute dtype, processor (device_name)
+        and layout guidance (layout_extra)."""
+        return {"guidance_interval": guidance_interval, "compute_dtype": self.compute_dtype,
+                "device": device_name(self.device), **layout_extra(layout)}
 
     # ------------------------------------------------------------------ teaching views
     def trajectory(self, prompt: str, seed: int = 0, num_steps: int = DEFAULT_NUM_STEPS, *,

@@ -51,9 +51,7 @@ from pictor.pipeline import (
     GeneratedImage,
     Pipeline,
     canonical_sampler_name,
-    device_name,
     guidance_interval_value,
-    layout_extra,
 )
 from pictor.provenance import ProvenanceRecord
 from pictor.samplers import get_sampler
@@ -230,9 +228,8 @@ def provenance_record(pipe: Pipeline, request: GenerationRequest, seed: int, wid
         num_steps=int(request.num_steps), guidance_scale=float(request.guidance_scale),
         model_name=pipe.model_name, model_sha256=pipe.model_sha256,
         negative_prompt=request.negative_prompt, width=width, height=height,
-        extra={"guidance_interval": guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
-               "compute_dtype": pipe.compute_dtype, "device": device_name(pipe.device),
-               **layout_extra(request.layout),
+        extra={**pipe.record_extra(guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
+                                   request.layout),
                **(extra or {})})
 
 
