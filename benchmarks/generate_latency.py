@@ -23,7 +23,7 @@ what the diffusers pipeline does (fp32):
   the same length (timing only). Our pixel-space models decode by pixel shuffle, which is free;
   diffusers' VAE decode is timed separately so the U-Net loops can be compared alone.
 
-    .venv/bin/python benchmarks/generate_latency.py --model models/shapes-v5   # ~3 min, 2 cores
+    .venv/bin/python benchmarks/generate_latency.py --model models/shapes-v10   # ~3 min, 2 cores
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Score a model on the `geneval-shapes` suite (GenEval on the shapes world).
 
-    .venv/bin/python benchmarks/geneval_shapes.py --model models/shapes-v5
+    .venv/bin/python benchmarks/geneval_shapes.py --model models/shapes-v10
 
 Generates `--images-per-prompt` images for every prompt of the suite (20-step DPM-Solver++ and
 the default guidance unless told otherwise), scores them with the project scorer and writes
@@ -31,7 +31,7 @@ from common import (  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/shapes-v5"))
+    parser.add_argument("--model", type=Path, default=Path("models/shapes-v10"))
     parser.add_argument("--suite", default="geneval-shapes")
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)

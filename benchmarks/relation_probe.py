@@ -17,7 +17,7 @@
    (the objects' true centres decide), per t. 0.5 is chance; at high noise, where x_t does not
    show the objects, only a U-Net whose attention follows the relation scores above it.
 
-    .venv/bin/python benchmarks/relation_probe.py --model models/shapes-v5 [--model M2 ...]
+    .venv/bin/python benchmarks/relation_probe.py --model models/shapes-v10 [--model M2 ...]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Text-to-image sampling from a trained model folder: `load_pipeline(model_dir).generate(prompt)`.
 
-A model folder is a training run's `final/` folder (or a copy of it, e.g. models/shapes-v5):
+A model folder is a training run's `final/` folder (or a copy of it, e.g. models/shapes-v10):
 - `unet.safetensors`: EMA weights of the U-Net, its UNetConfig in the safetensors metadata;
 - `config.yaml`: the resolved TrainConfig (text encoder spec and max_length, latent space,
   noise schedule, prediction type, image size);

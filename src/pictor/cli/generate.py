@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "shapes-v5"
+DEFAULT_MODEL_NAME = "shapes-v10"
 
 
 def default_model_dir() -> Path:

@@ -36,9 +36,9 @@ runs only at 8x8 and 4x4 (64 and 16 tokens), where layout and counting are decid
 shapes-v2 added it at 16x16 too (configs/shapes.yaml): attribute binding (which colour goes
 with which shape) improved from 0.45 to 0.61 on geneval-shapes, for ~15% more time per image.
 shapes-v3 added 2-D position features to every attention block (`position_frequencies`),
-trained with plain v-MSE instead of min-SNR weighting; the shipped shapes-v5 adds a text adapter
+trained with plain v-MSE instead of min-SNR weighting; shapes-v5 added a text adapter
 (`text_adapter_layers`), trained with a grounding loss on the colour words and Stable Target
-Field targets (docs/grounding.md).
+Field targets (docs/grounding.md); the shipped shapes-v10 is that recipe trained longer.
 benchmarks/train_throughput.py compares this with diffusers' UNet2DConditionModel of the same
 size (BENCHMARKS.md).
 """
