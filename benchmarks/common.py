@@ -45,14 +45,9 @@ def environment() -> dict[str, Any]:
     """What the numbers depend on: library versions, threads, CPU, load at measurement time."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from pictor.pipeline import cpu_name
+
+    cpu = cpu_name()
     return {
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": platform.python_version(),

@@ -132,10 +132,15 @@ def device_name(device: torch.device) -> str:
     (and vectorised float32) kernels differently, so `pictor reproduce` names both."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"{device.type}: {cpu_name() or 'unknown'}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else platform.processor() or platform.machine();
+    "" where none says. Records (device_name) and benchmarks/common.py's environment name it."""
     import platform
 
-    name = _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
-    return f"{device.type}: {name}"
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def resolve_compute_dtype(name: str, device: torch.device) -> str:
