@@ -614,14 +614,26 @@ class TextAdapter(nn.Module):
     object tokens the cross-attention keys are made from (cf. the trainable text connectors of
     eDiff-I / ELLA on frozen encoders).
 
+    Token order (`max_tokens` > 0): self-attention is blind to order, so without it the adapter
+    sees "a red circle to the left of a blue square" and "a blue square to the left of a red
+    circle" as the same set of words, told apart only by the ~0.2% that MiniLM's own position
+    embeddings leave in its output tokens (cosine 0.9985). A learned absolute position
+    embedding per token index (GPT-2 style), added to the tokens before the first layer and
+    zero-initialised (an untrained table changes nothing, so a trained model gains it as the
+    identity), lets the adapter tell which object comes before the relation word.
+
     x: (B, L, D), mask: (B, L) bool | None -> (B, L, D)
     """
 
-    def __init__(self, dim: int, num_layers: int, num_heads: int, mlp_ratio: float = 2.0
-                 ) -> None:
+    def __init__(self, dim: int, num_layers: int, num_heads: int, mlp_ratio: float = 2.0,
+                 max_tokens: int = 0) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        # (max_tokens, D) learned token-index embedding; None: order-blind (shapes-v5/v10)
+        self.position = nn.Parameter(torch.zeros(max_tokens, dim)) if max_tokens else None
         hidden = int(dim * mlp_ratio)
         self.layers = nn.ModuleList()
         for _ in range(num_layers):
@@ -636,6 +648,13 @@ class TextAdapter(nn.Module):
             self.layers.append(layer)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.position is not None:
+            if x.shape[1] > self.position.shape[0]:
+                raise ValueError(f"the text adapter knows {self.position.shape[0]} token "
+                                 f"positions (model.text_adapter_max_tokens) but got "
+                                 f"{x.shape[1]} tokens; encode with text.max_length <= "
+                                 f"{self.position.shape[0]}")
+            x = x + self.position[: x.shape[1]].to(x.dtype)             # (B, L, D)
         for layer in self.layers:
             x = x + layer["attn"](layer["norm1"](x), mask)
             x = x + layer["mlp"](layer["norm2"](x))

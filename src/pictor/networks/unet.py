@@ -113,6 +113,9 @@ class UNetConfig:
     # Trainable transformer layers over the text tokens before the U-Net reads them
     # (layers.TextAdapter; heads = context_dim // head_dim); 0 = the frozen tokens as they are.
     text_adapter_layers: int = 0
+    # Learned token-index embedding of the text adapter, for this many token positions (>=
+    # text.max_length); 0 = the adapter is blind to word order (layers.TextAdapter).
+    text_adapter_max_tokens: int = 0
     # Width of the timestep embedding; None -> 4 * channels[0] (ADM).
     time_embed_dim: int | None = None
     # Upper bound on GroupNorm groups (the largest divisor of the channel count <= this is used).
@@ -164,6 +167,10 @@ class UNetConfig:
                                          or self.context_dim % self.head_dim):
             raise ValueError(f"a text adapter needs context_dim ({self.context_dim}) divisible "
                              f"by head_dim ({self.head_dim})")
+        if self.text_adapter_max_tokens < 0 or (self.text_adapter_max_tokens
+                                                and not self.text_adapter_layers):
+            raise ValueError(f"text_adapter_max_tokens ({self.text_adapter_max_tokens}) must be "
+                             f">= 0 and needs text_adapter_layers > 0")
         if self.position_frequencies < 0:
             raise ValueError(f"position_frequencies must be >= 0, got {self.position_frequencies}")
 
@@ -241,7 +248,8 @@ class UNet(nn.Module):
             self.null_context = None
             self.pool_proj = None
         self.text_adapter = (
-            TextAdapter(cfg.context_dim, cfg.text_adapter_layers, cfg.context_dim // cfg.head_dim)
+            TextAdapter(cfg.context_dim, cfg.text_adapter_layers, cfg.context_dim // cfg.head_dim,
+                        max_tokens=cfg.text_adapter_max_tokens)
             if cfg.text_adapter_layers and cfg.context_dim is not None else None)
 
         self.conv_in = Conv2d(cfg.in_channels, ch[0], 3, padding=1)

@@ -181,6 +181,30 @@ def test_text_adapter_mixes_real_tokens_only():
     assert not torch.allclose(adapter(changed, mask)[0, 0], out[0, 0])
 
 
+def test_text_adapter_token_positions_make_it_see_word_order():
+    from pictor.networks.layers import TextAdapter
+
+    torch.manual_seed(0)
+    blind = TextAdapter(16, num_layers=2, num_heads=2)
+    ordered = TextAdapter(16, num_layers=2, num_heads=2, max_tokens=8)
+    ordered.load_state_dict(blind.state_dict(), strict=False)
+    x = torch.randn(1, 6, 16)
+    # zero-initialised table: the same function as the order-blind adapter
+    torch.testing.assert_close(ordered(x), blind(x))
+    for p in blind.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    ordered.load_state_dict(blind.state_dict(), strict=False)
+    torch.nn.init.normal_(ordered.position, std=0.5)
+    perm = torch.tensor([3, 1, 5, 0, 2, 4])
+    # without positions, self-attention is permutation-equivariant: swapping two words only
+    # swaps their outputs, so "A left of B" and "B left of A" read the same to each object
+    torch.testing.assert_close(blind(x[:, perm]), blind(x)[:, perm])
+    # with them, a word's output depends on where it stands
+    assert not torch.allclose(ordered(x[:, perm]), ordered(x)[:, perm], atol=1e-3)
+    with pytest.raises(ValueError, match="token positions"):
+        ordered(torch.randn(1, 9, 16))
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_pointwise_conv_is_a_1x1_convolution_with_or_without_autograd(dtype, tol):
     from pictor.networks.layers import PointwiseConv2d

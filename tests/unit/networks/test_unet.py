@@ -191,6 +191,8 @@ def test_text_adapter_config_errors():
         dataclasses.replace(TINY, text_adapter_layers=1)  # context_dim 12, head_dim 8
     with pytest.raises(ValueError, match="text_adapter_layers"):
         dataclasses.replace(ADAPTED, text_adapter_layers=-1)
+    with pytest.raises(ValueError, match="text_adapter_max_tokens"):
+        dataclasses.replace(TINY, text_adapter_max_tokens=8)  # no adapter to give them to
 
 
 def test_cross_attention_only_blocks_read_the_text_and_nothing_else():
