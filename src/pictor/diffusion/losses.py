@@ -109,3 +109,44 @@ def stable_target(
     x0_bar = (w.reshape(*w.shape, *([1] * (x_t.ndim - 1))) * references.double()).sum(dim=1)
     eps_bar = (x_t.double() - a.reshape(view) * x0_bar) / s2.sqrt().reshape(view)
     return x0_bar.to(x_t.dtype), eps_bar.to(x_t.dtype)
+
+
+def nft_loss(
+    pred: torch.Tensor,
+    pred_old: torch.Tensor,
+    target: torch.Tensor,
+    optimality: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """DiffusionNFT's negative-aware objective (Zheng et al. 2025, "DiffusionNFT: Online Diffusion
+    Reinforcement with Forward Process", eq. 8), per sample.
+
+    Samples x0 of the old policy (the sampling weights, held fixed for a round) are noised by
+    the forward process as in pretraining; r in [0, 1] is how likely each sample is "good"
+    (its optimality probability, from its reward). Two implicit policies are formed from the
+    trainable prediction f and the old one f_old,
+
+        f+ = (1 - beta) f_old + beta f,        f- = (1 + beta) f_old - beta f,
+
+    and the loss is  r || f+ - target ||^2 + (1 - r) || f- - target ||^2: the positive policy
+    regresses on the good samples, the negative one on the bad ones, so f moves towards the
+    first and away from the second. At f = f_old the gradient is 2 beta (2r - 1)(f_old - target):
+    plain regression on good samples, its mirror image on bad ones, nothing where r = 1/2 (a
+    group whose samples all score the same). f, f_old and target are any one parameterisation
+    (eps, x0 or v): the objective is linear-Gaussian in each alike.
+
+    pred, pred_old, target: (B, ...); optimality: (B,) in [0, 1]; beta > 0. -> (B,) losses.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (DiffusionNFT uses ~0.1 to 1), got {beta}")
+    if pred.shape != pred_old.shape or pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)}, pred_old {tuple(pred_old.shape)} and target "
+                         f"{tuple(target.shape)} must have one shape")
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    pred, pred_old, target = pred.to(dtype), pred_old.to(dtype), target.to(dtype)
+    positive = (1.0 - beta) * pred_old + beta * pred
+    negative = (1.0 + beta) * pred_old - beta * pred
+    pos_err = (positive - target).pow(2).flatten(1).mean(dim=1)            # (B,)
+    neg_err = (negative - target).pow(2).flatten(1).mean(dim=1)            # (B,)
+    r = optimality.to(dtype)
+    return r * pos_err + (1.0 - r) * neg_err

@@ -129,3 +129,64 @@ def test_stable_target_limits():
         torch.testing.assert_close(eps_bar, noise, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="references must be"):
         stable_target(x_t, refs[:, 0], abt)
+
+
+# ---------------------------------------------------------------------------------------------
+# DiffusionNFT's objective (Zheng et al. 2025, eq. 8)
+# ---------------------------------------------------------------------------------------------
+def _nft_case(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    pred, old, target = (torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)
+                         for _ in range(3))
+    return pred, old, target
+
+
+def test_nft_loss_closed_forms():
+    from pictor.diffusion.losses import nft_loss
+
+    pred, old, target = _nft_case()
+    ones, zeros = torch.ones(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64)
+    mse = lambda a, b: (a - b).pow(2).flatten(1).mean(1)  # noqa: E731
+    # beta = 1: the positive policy is the model itself, the negative its mirror through f_old
+    torch.testing.assert_close(nft_loss(pred, old, target, ones, 1.0), mse(pred, target))
+    torch.testing.assert_close(nft_loss(pred, old, target, zeros, 1.0),
+                               mse(2 * old - pred, target))
+    # any beta: r mixes the two terms linearly
+    r = torch.linspace(0, 1, 6, dtype=torch.float64)
+    beta = 0.3
+    pos = mse((1 - beta) * old + beta * pred, target)
+    neg = mse((1 + beta) * old - beta * pred, target)
+    torch.testing.assert_close(nft_loss(pred, old, target, r, beta), r * pos + (1 - r) * neg)
+    # at f = f_old both implicit policies are f_old: the loss is the old policy's error
+    torch.testing.assert_close(nft_loss(old, old, target, r, beta), mse(old, target))
+
+
+def test_nft_loss_gradient_at_the_old_policy_pulls_to_positives_and_pushes_from_negatives():
+    from pictor.diffusion.losses import nft_loss
+
+    _, old, target = _nft_case(1)
+    beta = 0.7
+    r = torch.tensor([1.0, 0.0, 0.5, 0.9, 0.2, 0.5], dtype=torch.float64)
+    pred = old.clone().requires_grad_(True)
+    nft_loss(pred, old, target, r, beta).sum().backward()
+    n = old[0].numel()
+    expected = 2 * beta * (2 * r - 1).reshape(-1, 1, 1, 1) * (old - target) / n
+    torch.testing.assert_close(pred.grad, expected)
+    # r = 1/2 (a group without preference): no gradient at f_old
+    torch.testing.assert_close(pred.grad[[2, 5]], torch.zeros_like(pred.grad[[2, 5]]),
+                               atol=1e-15, rtol=0)
+    # a gradient step on a positive moves f towards its target, on a negative away from it
+    step = old - 10.0 * pred.grad
+    assert (step[0] - target[0]).norm() < (old[0] - target[0]).norm()
+    assert (step[1] - target[1]).norm() > (old[1] - target[1]).norm()
+
+
+def test_nft_loss_errors():
+    from pictor.diffusion.losses import nft_loss
+
+    pred, old, target = _nft_case()
+    r = torch.ones(6)
+    with pytest.raises(ValueError, match="beta"):
+        nft_loss(pred, old, target, r, 0.0)
+    with pytest.raises(ValueError, match="one shape"):
+        nft_loss(pred, old[:, :1], target, r, 1.0)
