@@ -240,6 +240,80 @@ class AutoencoderTrainConfig:
         output_dir="runs/autoencoder", caption_dropout_prob=0.0, validation_prompts=[]))
 
 
+@dataclass
+class RewardConfig:
+    """Reward fine-tuning (`pictor finetune`, pictor.reward): what is sampled, how it is scored
+    and how the samples train the model."""
+
+    # Model folder to start from (pictor export-model / a run's final/); `--init DIR` sets it.
+    # Its config.yaml fixes the network, text encoder, schedule and latent space.
+    init_from: str | None = None
+    # "nft": DiffusionNFT's positive/negative objective (pictor.diffusion.losses.nft_loss);
+    # "filtered": plain denoising on the samples that pass only (reward-filtered self-training,
+    # the baseline that drifts).
+    method: Literal["nft", "filtered"] = "nft"
+    # NFT's beta: how far the implicit positive/negative policies sit from the old one.
+    nft_beta: float = 1.0
+    # Prompts per round and images per prompt (a group: rewards are compared within it).
+    prompts_per_round: int = 16
+    images_per_prompt: int = 8
+    # r = 1/2 + clip(A / advantage_clip, -1, 1) / 2 from the group-normalised advantage A
+    # (pictor.reward.finetune.optimality_probability): a sample this many standard deviations
+    # above its group counts as surely good.
+    advantage_clip: float = 2.0
+    # Optimizer steps per round; each round samples afresh with the EMA weights (on-policy).
+    steps_per_round: int = 2
+    # Categories of the shapes world to draw prompts from, CATEGORY=WEIGHT,... (training
+    # vocabulary only; never a suite's seeds).
+    category_mix: str = ("single_object=0.5,colors=0.5,two_object=1,color_attr=1,counting=2,"
+                         "position=3")
+    # Share of prompts in the canonical grammar; the rest use training phrasings of the caption
+    # language (pictor.data.captions, when available).
+    canonical_share: float = 0.3
+    # How samples are drawn: the shipped sampling defaults, layout guidance always off (the
+    # reward is the model's own).
+    sampler: str = "dpm++2m"
+    num_steps: int = 20
+    guidance_scale: float = 4.0
+    # Weight of || f - f_ref ||^2 against the frozen starting model on the same noised samples:
+    # a KL penalty (for Gaussian steps the KL between two policies is a weighted squared
+    # difference of their predictions); 0 turns it off (and skips the reference pass).
+    reference_weight: float = 0.0
+    # Weight of the plain denoising loss on fresh ground-truth renders of the round's prompts
+    # (the "pretraining mix" of InstructGPT's PPO-ptx, Ouyang et al. 2022): keeps the data
+    # distribution, and the unconditional prediction guidance needs, where they were.
+    pretrain_weight: float = 0.0
+    pretrain_batch_size: int = 32
+    pretrain_caption_dropout_prob: float = 0.1
+    # This fraction of each batch draws t from {high_noise_min_t, .., T-1}, where layout and
+    # counts are decided (0: uniform t).
+    high_noise_fraction: float = 0.0
+    high_noise_min_t: int = 700
+    # Suites scored at every validation (training.validation_every_steps), model alone, with
+    # validation_images_per_prompt images per prompt (>= 2 gives per-prompt diversity).
+    validation_suites: list[str] = field(default_factory=lambda: ["validation-shapes"])
+    validation_images_per_prompt: int = 2
+    # A validated checkpoint is rejected (never exported) when its Frechet distance exceeds
+    # max_fd_ratio x the starting model's, or its per-prompt diversity falls below
+    # min_diversity_ratio x the starting model's: reward hacking shows there first.
+    max_fd_ratio: float = 1.25
+    min_diversity_ratio: float = 0.9
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything `pictor finetune` needs; see configs/reward.yaml. The network, text encoder,
+    schedule and latent space are the starting model's (reward.init_from)."""
+
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
+        lr=1e-5, warmup_steps=0))
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        output_dir="runs/reward", max_steps=400, checkpoint_every_steps=100,
+        validation_every_steps=100, ema_halflife_steps=2, validation_prompts=[],
+        mixed_precision="bf16"))
+
+
 # ----------------------------------------------------------------------------------------------
 # dict <-> dataclass, with type conversion and clear errors
 # ----------------------------------------------------------------------------------------------
@@ -491,6 +565,10 @@ def validate(config: Any) -> None:
         _validate_optimizer(config.optimizer)
         if config.data.image_size <= 0:
             raise ValueError(f"data.image_size must be positive, got {config.data.image_size}")
+    if isinstance(config, FinetuneConfig):
+        _validate_training(config.training)
+        _validate_optimizer(config.optimizer)
+        _validate_reward(config.reward, config.training)
     if isinstance(config, TrainConfig):
         ls = config.latent_space
         if ls.pixel_unshuffle_factor < 1:
@@ -546,6 +624,39 @@ def _validate_training(t: TrainingConfig) -> None:
     if t.grounding_min_resolution < 1:
         raise ValueError(f"training.grounding_min_resolution must be >= 1, got "
                          f"{t.grounding_min_resolution}")
+
+
+def _validate_reward(r: RewardConfig, t: TrainingConfig) -> None:
+    for name in ("prompts_per_round", "steps_per_round", "num_steps", "pretrain_batch_size"):
+        if getattr(r, name) < 1:
+            raise ValueError(f"reward.{name} must be >= 1, got {getattr(r, name)}")
+    if r.images_per_prompt < 2:
+        raise ValueError(f"reward.images_per_prompt must be >= 2 (rewards are compared within "
+                         f"a prompt's group), got {r.images_per_prompt}")
+    for name in ("nft_beta", "advantage_clip"):
+        if not getattr(r, name) > 0:
+            raise ValueError(f"reward.{name} must be > 0, got {getattr(r, name)}")
+    for name in ("reference_weight", "pretrain_weight"):
+        if getattr(r, name) < 0:
+            raise ValueError(f"reward.{name} must be >= 0, got {getattr(r, name)}")
+    for name in ("canonical_share", "high_noise_fraction", "pretrain_caption_dropout_prob"):
+        if not 0.0 <= getattr(r, name) <= 1.0:
+            raise ValueError(f"reward.{name} must be in [0, 1], got {getattr(r, name)}")
+    if r.validation_images_per_prompt < 1:
+        raise ValueError("reward.validation_images_per_prompt must be >= 1")
+    if r.max_fd_ratio <= 0 or r.min_diversity_ratio < 0:
+        raise ValueError("reward.max_fd_ratio must be > 0 and reward.min_diversity_ratio >= 0")
+    # A round's samples come from the weights at its start; a checkpoint in the middle of a
+    # round could not be resumed exactly (the samples would come from later weights).
+    for name in ("checkpoint_every_steps", "max_steps"):
+        if getattr(t, name) % r.steps_per_round:
+            raise ValueError(f"training.{name} ({getattr(t, name)}) must be a multiple of "
+                             f"reward.steps_per_round ({r.steps_per_round}), so checkpoints "
+                             f"fall between rounds")
+    if t.batch_size > r.prompts_per_round * r.images_per_prompt:
+        raise ValueError(f"training.batch_size ({t.batch_size}) exceeds the samples of a round "
+                         f"(reward.prompts_per_round x images_per_prompt = "
+                         f"{r.prompts_per_round * r.images_per_prompt})")
 
 
 def _validate_optimizer(o: OptimizerConfig) -> None:

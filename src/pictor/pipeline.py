@@ -193,7 +193,7 @@ def canonical_sampler_name(name: str) -> str:
     return SAMPLER_ALIASES.get(key, key)
 
 
-def _resolve_model_files(model_dir: str | Path) -> tuple[Path, TrainConfig, Path | None]:
+def resolve_model_files(model_dir: str | Path) -> tuple[Path, TrainConfig, Path | None]:
     """(model folder, its TrainConfig, autoencoder file or None); ValueError naming what's missing."""
     model_dir = Path(model_dir).expanduser()
     if not model_dir.is_dir():
@@ -249,7 +249,7 @@ def _digest(files: Sequence[Path]) -> str:
 def model_digest(model_dir: str | Path) -> str:
     """sha256 over the model's weight files (U-Net, autoencoder and trained text encoder if
     any): names sorted, each name then its bytes. What ProvenanceRecord.model_sha256 holds."""
-    model_dir, config, ae_path = _resolve_model_files(model_dir)
+    model_dir, config, ae_path = resolve_model_files(model_dir)
     return _digest(_weight_files(model_dir, config, ae_path))
 
 
@@ -751,17 +751,23 @@ class Pipeline:
         return self.decode(x_t)
 
 
+def build_model_codec(config: TrainConfig, ae_path: Path | None,
+                      device: torch.device) -> LatentCodec:
+    """The latent codec of a model folder (resolve_model_files gives its config and file)."""
+    ls = config.latent_space
+    return build_codec(ls.kind, pixel_unshuffle_factor=ls.pixel_unshuffle_factor,
+                       autoencoder_path=ae_path, device=device)
+
+
 def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu", *,
                   compute_dtype: str = DEFAULT_COMPUTE_DTYPE) -> Pipeline:
     """Load a model folder (see the module docstring); ValueError naming any missing path."""
     device = torch.device(device)
     resolve_compute_dtype(compute_dtype, device)  # a bad name fails before any loading
-    model_dir, config, ae_path = _resolve_model_files(model_dir)
+    model_dir, config, ae_path = resolve_model_files(model_dir)
     unet = load_module(UNet, UNetConfig, model_dir / UNET_FILE, map_location=device)
     unet = unet.to(device).eval().requires_grad_(False)
-    ls = config.latent_space
-    codec = build_codec(ls.kind, pixel_unshuffle_factor=ls.pixel_unshuffle_factor,
-                        autoencoder_path=ae_path, device=device)
+    codec = build_model_codec(config, ae_path, device)
     sha = _digest(_weight_files(model_dir, config, ae_path))
     pipe = Pipeline(model_dir, config, unet, codec, sha, device)
     pipe.set_compute_dtype(compute_dtype)
@@ -771,4 +777,5 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu", *,
 __all__ = ["COMPUTE_DTYPES", "DEFAULT_COMPUTE_DTYPE", "DEFAULT_GUIDANCE_INTERVAL", "DEFAULT_LAYOUT",
            "DEFAULT_GUIDANCE_SCALE", "GeneratedImage", "Pipeline",
            "SAMPLERS", "TrajectoryStep", "guidance_interval_value", "layout_extra",
-           "layout_from_extra", "load_pipeline", "model_digest", "resolve_compute_dtype"]
+           "layout_from_extra", "load_pipeline", "model_digest", "resolve_compute_dtype",
+           "resolve_model_files", "build_model_codec"]

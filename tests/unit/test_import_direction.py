@@ -26,6 +26,8 @@ ALLOWED = {
     "pipeline": {"text", "networks", "diffusion", "samplers", "guidance", "provenance", "config"},
     "evaluation": {"pipeline", "data", "text", "networks", "diffusion", "samplers", "guidance",
                    "provenance", "config"},
+    "reward": {"training", "pipeline", "evaluation", "data", "text", "networks", "diffusion",
+               "samplers", "guidance", "provenance", "config"},
     "serving": {"*"},
     "cli": {"*"},
 }

@@ -2,6 +2,7 @@
 
     pictor train --config configs/shapes.yaml [--section.key=value ...] [--resume latest]
     pictor train-autoencoder --config configs/autoencoder.yaml [--section.key=value ...]
+    pictor finetune --config configs/reward.yaml --init MODEL_DIR [--section.key=value ...]
 
 Overrides are dotted paths into the config (see pictor.config), always in the `--a.b=value`
 form. `--resume latest` continues from the newest complete checkpoint of the run folder (or
@@ -56,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = _add(subparsers, "train-autoencoder",
              "Train the KL autoencoder for latent diffusion; stores its latent scaling_factor.")
     p.set_defaults(func=run_train_autoencoder)
+    p = _add(subparsers, "finetune",
+             "Reward fine-tuning of a trained model: it samples, the scorer judges, the U-Net "
+             "learns from good and bad samples (DiffusionNFT).")
+    p.add_argument("--init", default=None, metavar="MODEL_DIR",
+                   help="model folder to start from (sets reward.init_from)")
+    p.set_defaults(func=run_finetune)
     p = subparsers.add_parser(
         "export-model", help="Make a model folder (to ship or serve) from a finished run.",
         description="Copy RUN/final plus the training log, loss curve and last validation grid "
@@ -103,11 +110,18 @@ def _resolve_config(args: argparse.Namespace, cls: type):
 
 
 def _run(args: argparse.Namespace, which: str) -> int:
-    from pictor.config import AutoencoderTrainConfig, TrainConfig
+    from pictor.config import AutoencoderTrainConfig, FinetuneConfig, TrainConfig
     from pictor.training.loop import NonFiniteLossError
 
     try:
-        if which == "train":
+        if which == "finetune":
+            from pictor.reward.finetune import finetune
+
+            if args.init is not None:
+                args.overrides = [*args.overrides, f"--reward.init_from={args.init}"]
+            config = _resolve_config(args, FinetuneConfig)
+            result = finetune(config, resume=args.resume)
+        elif which == "train":
             from pictor.training.trainer import train
 
             config = _resolve_config(args, TrainConfig)
@@ -136,3 +150,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_train_autoencoder(args: argparse.Namespace) -> int:
     return _run(args, "train-autoencoder")
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    return _run(args, "finetune")

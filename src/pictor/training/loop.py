@@ -7,6 +7,7 @@ a model, the per-example randomness of a batch and a loss; the loop does everyth
     for step n = start .. max_steps - 1:
         indices  <- EpochSampler.next(global batch)             same on every rank
         draws    <- task.draw(global batch, generator)          timesteps, noise, dropout flags
+        (task.prepare_step(n, EMA weights) where the task has it: on-policy data)
         for each of grad_accum_steps micro-batches of this rank's shard:
             loss <- task.loss(model, indices, draws)            autocast where enabled
             stop if loss is NaN/inf on any rank                 (before backward, no checkpoint)
@@ -84,6 +85,9 @@ class Task(Protocol):
     def finish(self, ema_module: nn.Module, run_dir: Path) -> None:
         """Rank 0 only: export final artefacts into run_dir/final."""
         ...
+
+    # Optional: prepare_step(step, ema_module) -> None, called before every optimizer step
+    # (0-based) with the EMA weights; an on-policy task (pictor.reward) samples its data there.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,6 +240,7 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
         barrier(dist)
         return path
 
+    prepare_step = getattr(task, "prepare_step", None)
     model.train()
     for step in range(start_step, tcfg.max_steps):
         t_start = time.perf_counter()
@@ -243,6 +248,8 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
                    ocfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if prepare_step is not None:  # e.g. reward fine-tuning samples a new round here
+            prepare_step(step, ema.module)
         indices = sampler.next(tcfg.batch_size)                 # (B,) global batch
         draws = task.draw(tcfg.batch_size, generator)           # each (B, ...)
         step_loss = torch.zeros((), dtype=torch.float64)
