@@ -126,8 +126,17 @@ def test_cli_suites_export(tmp_path):
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(records) == 192 and records[0]["suite"] == "geneval-shapes"
+    assert records[0]["version"] == 2 and records[0]["prompt"] == records[0]["canonical"]
     listing = run_cli("data", "suites")
-    assert "geneval-shapes v1" in listing.stdout and "validation-shapes v1" in listing.stdout
+    for line in ("geneval-shapes v2", "geneval-shapes-para v1", "validation-shapes v1",
+                 "validation-shapes-para v1", "geneval-shapes-v1 v1"):
+        assert line + ":" in listing.stdout, listing.stdout
+    assert "heldout-v1 prompts, image seeds from 8000000" in listing.stdout
+    para = tmp_path / "para.jsonl"
+    result = run_cli("data", "suites", "--name", "geneval-shapes-para", "--export", str(para))
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in para.read_text().splitlines()]
+    assert len(records) == 192 and all(r["prompt"] != r["canonical"] for r in records)
 
 
 def _png_bytes(folder, fmt: str) -> list[bytes]:

@@ -264,7 +264,8 @@ def _run_suites(args: argparse.Namespace) -> int:
             for spec in SUITES.values():
                 print(
                     f"{spec.name} v{spec.version}: {spec.prompts_per_category} prompts per "
-                    f"category, namespace '{spec.namespace}' ({spec.description})"
+                    f"category, namespace '{spec.namespace}', {spec.captions} prompts, image "
+                    f"seeds from {spec.image_seed_offset} ({spec.description})"
                 )
             return 0
         if args.export:
