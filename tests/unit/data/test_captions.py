@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +339,10 @@ def test_sample_training_prompts(category):
         assert not heldout_in(text), text
     only_canonical = sample_training_prompts(category, np.random.default_rng(3), 20, 1.0)
     assert all(text == canonical for text, canonical in only_canonical)
+
+
+def test_docs_list_every_phrasing():
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "captions.md").read_text()
+    for name, p in [*SLOTS.items(), ("style", STYLES)]:
+        for phrasing in p.train + p.heldout + p.open:
+            assert f"`{phrasing}`" in doc, (name, phrasing)
