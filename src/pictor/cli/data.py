@@ -1,7 +1,8 @@
 """`pictor data ...`: make and inspect data sets.
 
   pictor data synth --num-images N --out DIR [--seed S] [--mix colors=2,position=1] [--workers K]
-                    [--format imagefolder|shards]
+                    [--format imagefolder|shards] [--captions canonical|paraphrase|mix]
+                    [--canonical-share 0.3]
   pictor data prepare INPUT -o OUT [--engine local|spark] [--master URL] [--image-size 64]
                     [--resize center-crop|pad] [--text-encoder minilm|PATH|none]
                     [--with-embeddings] [--autoencoder PATH]
@@ -50,6 +51,13 @@ def _add_synth(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("imagefolder", "shards"), default="imagefolder",
                         help="imagefolder: PNGs + metadata.jsonl (default); shards: Parquet "
                         "shards + manifest.json, as `pictor data prepare` writes")
+    parser.add_argument("--captions", choices=("canonical", "paraphrase", "mix"),
+                        default="canonical",
+                        help="canonical: the canonical grammar (default); paraphrase: everyday "
+                        "training phrasings of it (docs/captions.md); mix: both, see "
+                        "--canonical-share. The images do not depend on it")
+    parser.add_argument("--canonical-share", type=float, default=None,
+                        help="with --captions mix: share of canonical captions (default 0.3)")
     parser.add_argument("--overwrite", action="store_true", help="rewrite an existing data set")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_synth)
@@ -58,11 +66,15 @@ def _add_synth(subcommands: argparse._SubParsersAction) -> None:
 def _run_synth(args: argparse.Namespace) -> int:
     import time
 
+    from pictor.data.captions import DEFAULT_CANONICAL_SHARE
     from pictor.data.shapes import parse_mix
     from pictor.data.synth import synthesize
 
     try:
         mix = parse_mix(args.mix) if args.mix else None
+        if args.canonical_share is not None and args.captions != "mix":
+            raise ValueError("--canonical-share applies to --captions mix only")
+        share = DEFAULT_CANONICAL_SHARE if args.canonical_share is None else args.canonical_share
         start = time.perf_counter()
         config = synthesize(
             args.out,
@@ -73,14 +85,16 @@ def _run_synth(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
             format=args.format,
+            captions=args.captions,
+            canonical_share=share,
         )
     except ValueError as error:
         print(f"pictor data synth: {error}", file=sys.stderr)
         return 2
     elapsed_seconds = time.perf_counter() - start
     shares = ", ".join(f"{c}={w:.3g}" for c, w in config.mix.items())
-    print(f"wrote {config.num_images} images to {args.out} ({args.format}) in "
-          f"{elapsed_seconds:.1f} s ({shares})")
+    print(f"wrote {config.num_images} images to {args.out} ({args.format}, {args.captions} "
+          f"captions) in {elapsed_seconds:.1f} s ({shares})")
     return 0
 
 
@@ -250,7 +264,8 @@ def _run_suites(args: argparse.Namespace) -> int:
             for spec in SUITES.values():
                 print(
                     f"{spec.name} v{spec.version}: {spec.prompts_per_category} prompts per "
-                    f"category, namespace '{spec.namespace}' ({spec.description})"
+                    f"category, namespace '{spec.namespace}', {spec.captions} prompts, image "
+                    f"seeds from {spec.image_seed_offset} ({spec.description})"
                 )
             return 0
         if args.export:

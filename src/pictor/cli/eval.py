@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "held-out renders (with their real-vs-real floor), sweeps and comparisons.")
     add_model_argument(p)
     p.add_argument("--suite", default="geneval-shapes",
-                   help="prompt suite: geneval-shapes (default) or validation-shapes")
+                   help="prompt suite (`pictor data suites` lists them): geneval-shapes "
+                        "(default; reports), geneval-shapes-para, validation-shapes (decides), "
+                        "validation-shapes-para, geneval-shapes-v1")
     p.add_argument("--images-per-prompt", type=int, default=4,
                    help="images per prompt (default 4; diversity needs >= 2)")
     p.add_argument("--sampler", default="dpm++2m", help="sampler name (default dpm++2m)")
@@ -55,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "default), a folder of `pictor train-features`, 'inception:PATH' to a "
                         "local TorchScript Inception, or 'none' to skip the metrics")
     p.add_argument("--seed", type=int, default=0,
-                   help="base seed; image j of prompt i uses seed + 1000 i + j (default 0)")
+                   help="base seed; image j of prompt i uses seed + the suite's image seed "
+                        "offset + 1000 i + j (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output-dir", type=Path, required=True,

@@ -1,10 +1,13 @@
 """Run a prompt suite through a pipeline and score it: the shapes-world GenEval.
 
 For every prompt of the suite, `images_per_prompt` images are generated (image j of prompt i
-uses seed `base_seed + 1000 * i + j`, so any single image can be regenerated from its record)
-and judged by `pictor.evaluation.scorer` from pixels and prompt alone. A category's score is its
-pass rate, the overall score the plain mean of the six (GenEval, Ghosh et al. 2023). Each
-score carries a 95% Wilson interval, since 128 images per category still leave +-8 points.
+uses seed `base_seed + image_seed_offset + 1000 * i + j`, `pictor.data.suites.image_seed`, so
+any single image can be regenerated from its record) and judged by `pictor.evaluation.scorer`
+from pixels and the canonical prompt alone. The model is given the item's `prompt`; the scorer
+judges its `canonical` form (the same scene: a paraphrase suite's prompts are other words for
+it). A category's score is its pass rate, the overall score the plain mean of the six (GenEval,
+Ghosh et al. 2023). Each score carries a 95% Wilson interval, since 128 images per category
+still leave +-8 points.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pictor.data.suites import DEFAULT_SUITE, get_suite
+from pictor.data.suites import DEFAULT_SUITE, get_suite, image_seed
 from pictor.evaluation.scorer import ScoreResult, aggregate, score_image
 
 
@@ -41,8 +44,9 @@ class SuiteReport:
     scores: dict[str, float]  # category -> pass rate, plus "overall"
     intervals: dict[str, tuple[float, float]]  # category -> 95% Wilson interval
     seconds_per_image: float
-    results: list[ScoreResult] = field(default_factory=list)
+    results: list[ScoreResult] = field(default_factory=list)  # r.prompt: the canonical form
     seeds: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # what the model was given, per image
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,12 +55,18 @@ class SuiteReport:
             "scores": self.scores,
             "intervals_95": {k: list(v) for k, v in self.intervals.items()},
             "seconds_per_image": self.seconds_per_image,
-            "images": [
-                {"prompt": r.prompt, "category": r.category, "seed": s, "passed": r.passed,
-                 "reason": r.reason}
-                for r, s in zip(self.results, self.seeds, strict=True)
-            ],
+            "images": [image_record(r, s, p)
+                       for r, s, p in zip(self.results, self.seeds, self.prompts, strict=True)],
         }
+
+
+def image_record(result: ScoreResult, seed: int, prompt: str) -> dict[str, Any]:
+    """The JSON record of one judged image; `canonical` only where the prompt differs."""
+    record: dict[str, Any] = {"prompt": prompt}
+    if prompt != result.prompt:
+        record["canonical"] = result.prompt
+    return record | {"category": result.category, "seed": seed, "passed": result.passed,
+                     "reason": result.reason}
 
 
 def run_suite(
@@ -80,18 +90,21 @@ def run_suite(
     items = get_suite(suite)
     results: list[ScoreResult] = []
     seeds: list[int] = []
+    prompts: list[str] = []
+    image_seed(suite, len(items) - 1, images_per_prompt - 1, base_seed)  # checks the count
     start = time.perf_counter()
     bar = tqdm(total=len(items) * images_per_prompt, desc=f"eval {suite}", unit="img",
                disable=not progress)
     for i, item in enumerate(items):
-        seed = base_seed + 1000 * i
+        seed = image_seed(suite, i, 0, base_seed)
         images = pipeline.generate(item.prompt, num_images=images_per_prompt, seed=seed,
                                    num_steps=num_steps, sampler=sampler,
                                    guidance_scale=guidance_scale, layout=layout)
         for j, generated in enumerate(images):
-            result = score_image(generated.image, item.prompt)
+            result = score_image(generated.image, item.canonical)
             results.append(result)
             seeds.append(seed + j)
+            prompts.append(item.prompt)
             if on_image is not None:
                 on_image(generated, result)
         bar.update(len(images))
@@ -113,4 +126,4 @@ def run_suite(
                 "layout": layout}
     return SuiteReport(suite=suite, settings=settings, scores=scores, intervals=intervals,
                        seconds_per_image=elapsed / max(1, len(results)), results=results,
-                       seeds=seeds)
+                       seeds=seeds, prompts=prompts)

@@ -17,8 +17,8 @@ What runs:
   diversity (mean pairwise feature distance of a prompt's images; needs >= 2 per prompt).
 
 The real sets (`ReferenceSets`) hold one render per generated image: image j of prompt i is a
-ground-truth render (`scene_for_prompt`) of the same prompt, so both sets follow the suite's
-prompt distribution. The reference set is drawn in the suite's own held-out seed namespace
+ground-truth render (`scene_for_prompt`) of the same prompt's canonical form (the scene a
+paraphrase describes too), so both sets follow the suite's prompt distribution. The reference set is drawn in the suite's own held-out seed namespace
 (example seeds from REFERENCE_SEED_OFFSET on, disjoint from the suite's prompt draws); the floor
 set in the `train` namespace from example seed 2**63 on, beyond every seed a `pictor data synth`
 run uses (run seeds < 2**31), so it is "images like the training data", not training images.
@@ -158,13 +158,13 @@ def mean_rate_interval(outcomes: dict[str, Sequence[bool]], z: float = 1.959964
 # ---------------------------------------------------------------------------------------------
 def reference_images(items: Sequence[SuiteItem], images_per_prompt: int, namespace: str,
                      seed_offset: int, image_size: int) -> list[Image.Image]:
-    """One ground-truth render per (prompt i, image j), from example seed
-    seed_offset + 1000 i + j of `namespace`, resized (bicubic) to image_size."""
+    """One ground-truth render per (prompt i, image j) of the item's canonical prompt, from
+    example seed seed_offset + 1000 i + j of `namespace`, resized (bicubic) to image_size."""
     out = []
     for i, item in enumerate(items):
         for j in range(images_per_prompt):
             rng = example_rng(namespace, seed_offset + 1000 * i + j)
-            image = render_scene(scene_for_prompt(item.prompt, rng))
+            image = render_scene(scene_for_prompt(item.canonical, rng))
             if image_size != CANVAS_SIZE_PX:
                 image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
             out.append(image)

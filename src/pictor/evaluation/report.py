@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from pictor.data.shapes import CATEGORIES
+from pictor.data.suites import SUITES
 from pictor.evaluation.evaluate import Evaluation, ModelEvaluation, RunResult
 from pictor.evaluation.plots import Panel, font, plot_panels
 from pictor.evaluation.scorer import ScoreResult
@@ -57,9 +58,10 @@ def grid_indices(num_prompts: int, images_per_prompt: int, cells: int = GRID_CEL
 
 
 def sample_grid(images: Sequence[Image.Image], results: Sequence[ScoreResult],
-                columns: int = GRID_COLUMNS, cell_px: int = CELL_PX) -> Image.Image:
+                columns: int = GRID_COLUMNS, cell_px: int = CELL_PX,
+                prompts: Sequence[str] | None = None) -> Image.Image:
     """Images in a grid, each framed green (passed) or red (failed), with PASS/FAIL and its
-    prompt underneath."""
+    prompt underneath (`prompts`: what the model was given; default: the judged prompt)."""
     if len(images) != len(results) or not images:
         raise ValueError(f"need as many results as images (>= 1), got {len(images)} and "
                          f"{len(results)}")
@@ -70,7 +72,8 @@ def sample_grid(images: Sequence[Image.Image], results: Sequence[ScoreResult],
     width, height = cell_px + 2 * border, cell_px + 2 * border + label_h
     grid = Image.new("RGB", (columns * width, rows * height), "white")
     draw = ImageDraw.Draw(grid)
-    for k, (image, result) in enumerate(zip(images, results, strict=True)):
+    prompts = [r.prompt for r in results] if prompts is None else prompts
+    for k, (image, result, prompt) in enumerate(zip(images, results, prompts, strict=True)):
         r, c = divmod(k, columns)
         x, y = c * width, r * height
         colour = _PASS if result.passed else _FAIL
@@ -79,7 +82,7 @@ def sample_grid(images: Sequence[Image.Image], results: Sequence[ScoreResult],
                    (x + border, y + border))
         ty = y + cell_px + 2 * border + 2
         draw.text((x + 2, ty), "PASS" if result.passed else "FAIL", fill=colour, font=small)
-        for i, line in enumerate(textwrap.wrap(result.prompt, 22)[:3]):
+        for i, line in enumerate(textwrap.wrap(prompt, 22)[:3]):
             draw.text((x + 2, ty + line_h * (i + 1)), line, fill="black", font=small)
     return grid
 
@@ -89,7 +92,8 @@ def write_grids(model: ModelEvaluation, index: int, images_per_prompt: int, out_
     """One grid PNG per category of a model's base run; category -> path."""
     folder = out_dir / "grids" / f"{index}-{_slug(model.name)}"
     folder.mkdir(parents=True, exist_ok=True)
-    results, images = model.run.report.results, model.run.images
+    report, images = model.run.report, model.run.images
+    results = report.results
     paths = {}
     for category in CATEGORIES:
         members = [k for k, r in enumerate(results) if r.category == category]
@@ -98,7 +102,8 @@ def write_grids(model: ModelEvaluation, index: int, images_per_prompt: int, out_
         chosen = [members[k] for k in grid_indices(len(members) // images_per_prompt,
                                                    images_per_prompt) if k < len(members)]
         path = folder / f"{category}.png"
-        sample_grid([images[k] for k in chosen], [results[k] for k in chosen]).save(path)
+        sample_grid([images[k] for k in chosen], [results[k] for k in chosen],
+                    prompts=[report.prompts[k] for k in chosen]).save(path)
         paths[category] = path
     return paths
 
@@ -308,14 +313,35 @@ def comparison_section(evaluation: Evaluation) -> Section:
              "and seeds."), Table(header, rows)])
 
 
+def prompts_section(evaluation: Evaluation, per_category: int = 2) -> Section | None:
+    """The first prompts of each category beside their canonical form and how their images
+    fared; None when every prompt is canonical."""
+    if all(item.prompt == item.canonical for item in evaluation.items):
+        return None
+    report, n = evaluation.models[0].run.report, evaluation.images_per_prompt
+    rows = []
+    for category in CATEGORIES:
+        shown = [i for i, item in enumerate(evaluation.items) if item.category == category]
+        for i in shown[:per_category]:
+            item = evaluation.items[i]
+            passed = sum(r.passed for r in report.results[i * n:(i + 1) * n])
+            rows.append([category, item.prompt, item.canonical, f"{passed}/{n}"])
+    return Section("Prompts", [
+        Text("The model is given each prompt; the scorer judges its canonical form (the same "
+             "scene). report.json lists both for every image."),
+        Table(["category", "prompt (given)", "canonical (judged)", "passed"], rows)])
+
+
 def build_sections(evaluation: Evaluation, out_dir: Path) -> list[Section]:
     main = evaluation.models[0]
     n_prompts = len(evaluation.items)
+    offset = SUITES[evaluation.suite].image_seed_offset
+    seeds = f"base + {offset} + 1000 i + j" if offset else "base + 1000 i + j"
     intro = (f"Model `{main.name}` (sha256 {(main.sha256 or '-')[:12]}...): suite "
              f"`{evaluation.suite}` v{evaluation.suite_version}, {n_prompts} prompts x "
              f"{evaluation.images_per_prompt} images = {len(main.run.report.results)} images; "
              f"{evaluation.settings.label()}; base seed {evaluation.base_seed} (image j of "
-             f"prompt i uses seed base + 1000 i + j). {main.run.report.seconds_per_image:.3f} s "
+             f"prompt i uses seed {seeds}). {main.run.report.seconds_per_image:.3f} s "
              f"per image; the whole evaluation took {evaluation.elapsed_seconds:.0f} s.")
     sections = [Section("Summary", [Text(intro)]),
                 Section("Alignment", [
@@ -323,6 +349,9 @@ def build_sections(evaluation: Evaluation, out_dir: Path) -> list[Section]:
                          "prompt) with 95% Wilson intervals; the overall score is the plain mean "
                          "of the six, its interval the adjusted Wald interval of a mean of "
                          "proportions."), alignment_table(main.run)])]
+    prompts = prompts_section(evaluation)
+    if prompts is not None:
+        sections.append(prompts)
     if main.run.distribution is not None:
         sections.append(Section("Distribution metrics", distribution_blocks(evaluation, main)))
     if len(evaluation.models) > 1:

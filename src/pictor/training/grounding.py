@@ -21,13 +21,18 @@ grounded are each object's shape word and, where the caption names one, its colo
 colour-to-shape binding is supervised too); in `counting` the plural shape word grounds to all
 the shapes together. Each word's tokens (a word may be split into several word pieces) come
 from the frozen encoder's own tokenizer, so the positions are the ones the U-Net sees.
+
+Paraphrased data (`pictor data synth --captions paraphrase|mix`) takes the same path: a record
+also holds its canonical caption and how its text was made ("canonical" or "paraphrase-v1"),
+the caption is rebuilt from the example's caption stream (pictor.data.captions), and the
+words are the `Caption`'s spans, synonyms included ("crimson" names the red object). Masks
+follow the canonical caption's object order, which the spans' entities use too.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -49,7 +54,8 @@ __all__ = [
 ]
 
 MAX_ENTITIES = 2  # masks per caption: one per named object (counting: all shapes as one)
-MAX_PAIRS = 8     # (token, mask) pairs per caption: <= 2 objects x (colour + shape) x word pieces
+MIN_PAIRS = 8     # columns of the pair table: 2 objects x (colour + shape) x 2 word pieces; more
+                  # when a caption needs more (a paraphrase: "five-pointed star" is 4 pieces)
 
 
 @dataclass
@@ -91,47 +97,38 @@ def object_words(caption: str, words: str = "all") -> list[tuple[int, int, int]]
     words="color" only the colour words (uncoloured objects and counting then have none).
 
     ValueError if the caption is not of the canonical grammar (pictor.data.shapes.parse_prompt).
+    The spans are those of `pictor.data.captions.canonical_caption`.
     """
+    from pictor.data.captions import canonical_caption
     from pictor.data.shapes import parse_prompt
 
+    _check_words(words)
+    caption_spans = canonical_caption(parse_prompt(caption))
+    body = caption.strip().lower().removesuffix(".")
+    if body != caption_spans.text:
+        raise ValueError(f"caption {caption!r} is not written as the canonical grammar writes "
+                         f"it: write {caption_spans.text!r}")
+    shift = len(caption) - len(caption.lstrip())  # the spans of the stripped text
+    return [(a + shift, b + shift, entity)
+            for a, b, entity, _ in _grounded_spans(caption_spans.spans, words)]
+
+
+def _check_words(words: str) -> None:
     if words not in GROUNDING_WORDS:
         raise ValueError(f"grounding words must be one of {GROUNDING_WORDS}, got {words!r}")
-    parsed = parse_prompt(caption)
-    text = caption.lower()
-    spans: list[tuple[int, int, int]] = []
-    cursor = 0
-    for entity, obj in enumerate(parsed.objects):
-        names = [obj.color] if obj.color else []
-        if words == "all":
-            names.append(f"{obj.shape}s" if parsed.category == "counting" else obj.shape)
-        for word in names:
-            m = re.compile(rf"\b{re.escape(word)}\b").search(text, cursor)
-            if m is None:  # parse_prompt accepted it, so this cannot happen
-                raise ValueError(f"word {word!r} not found in caption {caption!r}")
-            spans.append((m.start(), m.end(), entity))
-            cursor = m.end()
-    return spans
 
 
-def _token_pairs(tokenizer, captions: Sequence[str], max_length: int, words: str = "all"
-                 ) -> dict[str, list[tuple[int, int]]]:
-    """caption -> [(token position, entity)] from the tokenizer's character offsets."""
-    out: dict[str, list[tuple[int, int]]] = {}
-    unique = sorted(set(captions))
-    enc = tokenizer(unique, truncation=True, max_length=max_length,
-                    return_offsets_mapping=True)
-    for caption, offsets in zip(unique, enc["offset_mapping"], strict=True):
-        pairs = []
-        try:
-            spans = object_words(caption, words)
-        except ValueError:  # not of the canonical grammar (an edited caption): nothing to ground
-            spans = []
-        for start, end, entity in spans:
-            for pos, (a, b) in enumerate(offsets):
-                if b > a and a < end and b > start:  # special tokens have empty spans
-                    pairs.append((pos, entity))
-        out[caption] = pairs[:MAX_PAIRS]
-    return out
+def _grounded_spans(spans, words: str):
+    """The spans grounded under training.grounding_words (all, or the colour words only)."""
+    return [span for span in spans if words == "all" or span.kind == "color"]
+
+
+def _token_pairs(offsets: Sequence[tuple[int, int]], spans) -> list[tuple[int, int]]:
+    """[(token position, entity)] of the tokens (character `offsets` from the tokenizer) that
+    overlap the spans, in span order."""
+    return [(pos, entity) for start, end, entity, _ in spans
+            for pos, (a, b) in enumerate(offsets)
+            if b > a and a < end and b > start]  # special tokens have empty spans
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,8 +166,18 @@ def scene_masks(caption: str, scene, resolution: int) -> np.ndarray:
     return full.reshape(MAX_ENTITIES, resolution, f, resolution, f).mean(axis=(2, 4))
 
 
-def _synth_records(dataset) -> list[tuple[str, int] | None]:
-    """(category, example seed) of each example made by `pictor data synth`, else None."""
+@dataclass(frozen=True)
+class _Truth:
+    """What a `pictor data synth` record says about its example (pictor.data.synth)."""
+
+    category: str
+    seed: int  # example seed
+    canonical: str | None  # the canonical caption (None: written before captions were)
+    captions: str  # how the text was made: "canonical" or "paraphrase-v<N>"
+
+
+def _synth_records(dataset) -> list[_Truth | None]:
+    """The ground truth of each example made by `pictor data synth`, else None."""
     from pictor.data.loader import ShardDataset
     from pictor.data.shards import read_shards
 
@@ -180,12 +187,33 @@ def _synth_records(dataset) -> list[tuple[str, int] | None]:
         raw = [json.loads(e) if e else {} for e in extras]
     else:  # ImageFolderDataset: the metadata.jsonl keys besides file_name and text
         raw = [rec.extra for rec in dataset.records]
-    out: list[tuple[str, int] | None] = []
+    out: list[_Truth | None] = []
     for obj in raw:
         category, seed = obj.get("category"), obj.get("seed")
-        ok = isinstance(category, str) and isinstance(seed, int)
-        out.append((category, seed) if ok else None)
+        canonical, captions = obj.get("canonical"), obj.get("captions", "canonical")
+        ok = (isinstance(category, str) and isinstance(seed, int) and isinstance(captions, str)
+              and (canonical is None or isinstance(canonical, str)))
+        out.append(_Truth(category, seed, canonical, captions) if ok else None)
     return out
+
+
+def _rebuild(truth: _Truth, text: str, namespace: str):
+    """(caption, scene) of a record, rebuilt from its seed; None when the record's canonical
+    caption or text is not what its seed gives (edited metadata, another renderer or caption
+    language version)."""
+    from pictor.data.captions import rebuild_caption
+    from pictor.data.shapes import parse_prompt, sample_prompt_and_scene
+    from pictor.data.synth import caption_rng, example_rng
+
+    canonical, scene = sample_prompt_and_scene(truth.category, example_rng(namespace, truth.seed))
+    if truth.canonical not in (None, canonical):
+        return None
+    try:
+        caption = rebuild_caption(parse_prompt(canonical), truth.captions,
+                                  caption_rng(namespace, truth.seed))
+    except ValueError:
+        return None
+    return (caption, scene) if caption.text == text else None
 
 
 def build_grounding_table(dataset, tokenizer, *, max_length: int, resolution: int,
@@ -198,9 +226,7 @@ def build_grounding_table(dataset, tokenizer, *, max_length: int, resolution: in
     """
     from tqdm import tqdm
 
-    from pictor.data.shapes import sample_prompt_and_scene
-    from pictor.data.synth import example_rng
-
+    _check_words(words)
     t0 = time.perf_counter()
     records = _synth_records(dataset)
     if not any(r is not None for r in records):
@@ -209,29 +235,32 @@ def build_grounding_table(dataset, tokenizer, *, max_length: int, resolution: in
             f"need object masks, which exist only for "
             f"shapes-world data made by `pictor data synth` (its records carry 'category' and "
             f"'seed'); {dataset.root} has none. Set both weights to 0")
-    captions = dataset.captions
-    pairs = _token_pairs(tokenizer, [c for c, r in zip(captions, records, strict=True) if r],
-                         max_length, words)
-    n = len(captions)
-    tokens = torch.full((n, MAX_PAIRS), -1, dtype=torch.int64)
-    entity = torch.zeros((n, MAX_PAIRS), dtype=torch.int64)
+    texts = dataset.captions
+    n = len(texts)
     masks = torch.zeros((n, MAX_ENTITIES, resolution, resolution), dtype=torch.uint8)
-    skipped = 0
-    rows = tqdm(enumerate(zip(captions, records, strict=True)), total=n, desc="grounding",
+    spans: dict[int, list] = {}  # row -> grounded spans of its caption
+    rows = tqdm(enumerate(zip(texts, records, strict=True)), total=n, desc="grounding",
                 unit="img", disable=not progress, mininterval=1.0)
-    for i, (caption, rec) in rows:
-        if rec is None:
-            skipped += 1
+    for i, (text, truth) in rows:
+        rebuilt = None if truth is None else _rebuild(truth, text, namespace)
+        if rebuilt is None:
             continue
-        category, seed = rec
-        prompt, scene = sample_prompt_and_scene(category, example_rng(namespace, seed))
-        if prompt != caption:  # edited metadata or another renderer version
-            skipped += 1
-            continue
-        m = scene_masks(caption, scene, resolution)
+        caption, scene = rebuilt
+        m = scene_masks(caption.canonical, scene, resolution)
         masks[i] = torch.from_numpy(np.rint(m * 255.0).astype(np.uint8))
-        for j, (pos, ent) in enumerate(pairs[caption]):
+        spans[i] = _grounded_spans(caption.spans, words)
+    unique = sorted({texts[i] for i in spans})
+    offsets = dict(zip(unique, tokenizer(unique, truncation=True, max_length=max_length,
+                                         return_offsets_mapping=True)["offset_mapping"],
+                       strict=True)) if unique else {}
+    pairs = {i: _token_pairs(offsets[texts[i]], s) for i, s in spans.items()}
+    width = max([MIN_PAIRS, *map(len, pairs.values())])
+    tokens = torch.full((n, width), -1, dtype=torch.int64)
+    entity = torch.zeros((n, width), dtype=torch.int64)
+    for i, row in pairs.items():
+        for j, (pos, ent) in enumerate(row):
             tokens[i, j], entity[i, j] = pos, ent
+    skipped = n - len(spans)
     log(f"grounding: object masks and token pairs for {n - skipped} of {n} examples "
         f"({skipped} without shapes-world ground truth) in {time.perf_counter() - t0:.0f} s")
     return GroundingTable(tokens, entity, masks, skipped)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pictor.data.shapes import CATEGORIES, render_scene, scene_for_prompt
-from pictor.data.suites import get_suite
+from pictor.data.suites import get_suite, image_seed
 from pictor.evaluation.benchmark import run_suite, wilson_interval
 from pictor.evaluation.scorer import score_image
 
@@ -18,18 +18,28 @@ class _Generated:
 
 
 class GroundTruthRenderer:
-    """Draws what the prompt says, with the project's renderer: what a perfect model would do."""
+    """Draws what the prompt says, with the project's renderer: what a perfect model would do.
+    `understands` maps paraphrases to their canonical form (a model that reads everyday words);
+    `given` collects the prompts it was given."""
 
-    def __init__(self, degrade: bool = False) -> None:
+    def __init__(self, degrade: bool = False, understands: dict[str, str] | None = None) -> None:
         self.degrade = degrade
+        self.understands = understands or {}
+        self.given: list[str] = []
 
     def generate(self, prompt, *, num_images, seed, **_):
+        self.given.append(prompt)
         out = []
         for j in range(num_images):
             rng = np.random.default_rng([4, seed + j])  # the test seed namespace
-            image = render_scene(scene_for_prompt(prompt, rng))
-            out.append(_Generated(image))
+            scene = scene_for_prompt(self.understands.get(prompt, prompt), rng)
+            out.append(_Generated(render_scene(scene)))
         return out
+
+
+def paraphrase_reader(suite: str) -> GroundTruthRenderer:
+    """A perfect model for a paraphrase suite."""
+    return GroundTruthRenderer(understands={i.prompt: i.canonical for i in get_suite(suite)})
 
 
 def test_renders_of_the_suite_score_at_least_099_per_category():
@@ -40,7 +50,25 @@ def test_renders_of_the_suite_score_at_least_099_per_category():
         assert report.scores[category] >= 0.99, (category, report.scores)
     assert report.scores["overall"] >= 0.99
     assert len(report.results) == 2 * len(get_suite("geneval-shapes"))
-    assert report.to_dict()["images"][0]["seed"] == 0
+    first = report.to_dict()["images"][0]
+    assert first["seed"] == image_seed("geneval-shapes", 0, 0) == 7_000_000
+    assert "canonical" not in first  # the prompt is canonical
+
+
+def test_a_paraphrase_suite_gives_the_paraphrase_and_judges_the_canonical():
+    suite = "validation-shapes-para"
+    model = paraphrase_reader(suite)
+    report = run_suite(model, suite, images_per_prompt=1, progress=False)
+    items = get_suite(suite)
+    assert model.given == [item.prompt for item in items]  # the model reads the paraphrase
+    assert report.scores["overall"] >= 0.99
+    images = report.to_dict()["images"]
+    assert [(r["prompt"], r["canonical"]) for r in images] == [
+        (item.prompt, item.canonical) for item in items]
+    assert [r["seed"] for r in images[:2]] == [9_000_000, 9_001_000]
+    # a model that reads the paraphrase as a different scene fails: the canonical is judged
+    wrong = GroundTruthRenderer(understands={i.prompt: "four stars" for i in items})
+    assert run_suite(wrong, suite, images_per_prompt=1, progress=False).scores["colors"] == 0.0
 
 
 @pytest.mark.parametrize("prompt", [

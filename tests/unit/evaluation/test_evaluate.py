@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
-from test_benchmark import GroundTruthRenderer
+from test_benchmark import GroundTruthRenderer, paraphrase_reader
 
 from pictor.data.shapes import CATEGORIES
 from pictor.data.suites import get_suite
@@ -145,3 +145,25 @@ def test_without_features_the_report_has_scores_only(tmp_path):
     markdown = paths["markdown"].read_text()
     assert "Distribution metrics" not in markdown and "| overall |" in markdown
     assert json.loads(paths["json"].read_text())["features"] is None
+
+
+def test_a_paraphrase_suite_is_rendered_and_reported_from_its_canonical_forms(tmp_path):
+    para, base = get_suite("validation-shapes-para"), get_suite("validation-shapes")
+    # the real renders follow the canonical prompts: the same as the canonical suite's
+    for a, b in zip(reference_images(para[::9], 1, "validation", REFERENCE_SEED_OFFSET, 64),
+                    reference_images(base[::9], 1, "validation", REFERENCE_SEED_OFFSET, 64),
+                    strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    evaluation = evaluate([paraphrase_reader("validation-shapes-para")],
+                          suite="validation-shapes-para", images_per_prompt=1, features=None,
+                          progress=False)
+    assert evaluation.models[0].run.report.scores["overall"] >= 0.99
+    paths = write_report(evaluation, tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert "## Prompts" in markdown and "base + 9000000 + 1000 i + j" in markdown
+    assert f"| {para[0].prompt} | {para[0].canonical} | 1/1 |" in markdown
+    images = json.loads(paths["json"].read_text())["models"][0]["images"]
+    assert (images[0]["prompt"], images[0]["canonical"]) == (para[0].prompt, para[0].canonical)
+    assert "## Prompts" not in write_report(
+        evaluate([GroundTruthRenderer()], suite="validation-shapes", images_per_prompt=1,
+                 features=None, progress=False), tmp_path / "canonical")["markdown"].read_text()

@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+from pictor.data.captions import COLOR_WORDS, canonical_caption
 from pictor.data.loader import open_dataset
-from pictor.data.shapes import BACKGROUND_RGB, COLORS, render_scene_array, sample_prompt_and_scene
-from pictor.data.synth import example_rng, synthesize
+from pictor.data.shapes import (
+    BACKGROUND_RGB,
+    CATEGORIES,
+    COLORS,
+    parse_prompt,
+    render_scene_array,
+    sample_prompt_and_scene,
+)
+from pictor.data.suites import all_prompts
+from pictor.data.synth import example_caption, example_rng, synthesize
 from pictor.networks.layers import CrossAttention
 from pictor.training.grounding import (
     build_grounding_table,
@@ -124,6 +133,81 @@ def test_table_of_a_synth_folder(tmp_path, tokenizer):
         _, scene = sample_prompt_and_scene(rec["category"], example_rng("train", rec["seed"]))
         want = np.rint(scene_masks(rec["text"], scene, 16) * 255).astype(np.uint8)
         assert np.array_equal(table.masks[i].numpy(), want)
+
+
+def _grounded_tokens(table, i, ids, tokenizer) -> dict[int, list[str]]:
+    """entity -> the word pieces the table grounds to it in row i."""
+    words: dict[int, list[str]] = {}
+    used = table.tokens[i] >= 0
+    for pos, ent in zip(table.tokens[i][used].tolist(), table.entity[i][used].tolist(),
+                        strict=True):
+        words.setdefault(ent, []).append(tokenizer.convert_ids_to_tokens(ids[pos]))
+    return words
+
+
+@pytest.mark.parametrize("words", ["all", "color"])
+def test_table_of_a_paraphrased_synth_folder(tmp_path, tokenizer, words):
+    """Token pairs point at the paraphrase's own words (synonyms included) and the masks are
+    the canonical data set's: the same seeds give the same scenes."""
+    synthesize(tmp_path / "canonical", 60, seed=1, workers=1, progress=False)
+    synthesize(tmp_path / "para", 60, seed=1, workers=1, progress=False, captions="paraphrase")
+    kwargs = dict(max_length=32, resolution=16, words=words, log=lambda *_: None)
+    canonical = build_grounding_table(open_dataset(tmp_path / "canonical"), tokenizer, **kwargs)
+    table = build_grounding_table(open_dataset(tmp_path / "para"), tokenizer, **kwargs)
+    assert table.skipped == canonical.skipped == 0
+    assert torch.equal(table.masks, canonical.masks)
+    records = [json.loads(line) for line in (tmp_path / "para" / "metadata.jsonl").open()]
+    synonyms = set()
+    for i, rec in enumerate(records):
+        caption = example_caption(rec["canonical"], "paraphrase", rec["seed"])
+        assert caption.text == rec["text"]
+        expected: dict[int, list[str]] = {}
+        for span in caption.spans:
+            if words == "all" or span.kind == "color":
+                expected.setdefault(span.entity, []).extend(
+                    tokenizer.tokenize(rec["text"][span.start:span.end]))
+            if span.kind == "color":  # entity = the object's index in the canonical caption
+                color = parse_prompt(rec["canonical"]).objects[span.entity].color
+                assert rec["text"][span.start:span.end].lower() in COLOR_WORDS[color].train
+        ids = tokenizer(rec["text"])["input_ids"]
+        assert _grounded_tokens(table, i, ids, tokenizer) == expected, rec["text"]
+        synonyms |= {t for pieces in expected.values() for t in pieces}
+    assert synonyms & {"crimson", "disc", "block", "cobalt", "jade", "turquoise"}
+    # no caption loses pairs to a fixed width: the table widens when a caption needs it
+    used = (table.tokens >= 0).sum(1)
+    assert table.tokens.shape[1] == max(8, int(used.max()))
+
+
+def test_table_skips_records_whose_caption_is_not_what_the_seed_gives(tmp_path, tokenizer):
+    synthesize(tmp_path / "d", 8, seed=2, workers=1, progress=False, captions="mix")
+    meta = tmp_path / "d" / "metadata.jsonl"
+    records = [json.loads(line) for line in meta.read_text().splitlines()]
+    table = build_grounding_table(open_dataset(tmp_path / "d"), tokenizer, max_length=32,
+                                  resolution=16, log=lambda *_: None)
+    assert table.skipped == 0
+    records[0]["text"] = records[0]["text"] + " and nothing else"  # edited text
+    records[1]["captions"] = "paraphrase-v0"  # another caption language version
+    records[2]["canonical"] = "a red circle"  # canonical caption not the seed's
+    for r in records[3:5]:  # written before captions were recorded: canonical assumed
+        r["text"] = r.pop("canonical")
+        del r["captions"]
+    meta.write_text("".join(json.dumps(r) + "\n" for r in records))
+    edited = build_grounding_table(open_dataset(tmp_path / "d"), tokenizer, max_length=32,
+                                   resolution=16, log=lambda *_: None)
+    assert edited.skipped == 3
+    assert all((edited.tokens[i] == -1).all() for i in range(3))
+    assert torch.equal(edited.masks[3:], table.masks[3:])
+    assert all((edited.tokens[i] >= 0).any() for i in range(3, 8))
+
+
+def test_object_words_are_the_canonical_captions_spans():
+    for category in CATEGORIES:
+        for prompt in all_prompts(category):
+            spans = canonical_caption(parse_prompt(prompt)).spans
+            assert object_words(prompt) == [(a, b, e) for a, b, e, _ in spans]
+    assert object_words(" A red circle.") == [(3, 6, 0), (7, 13, 0)]
+    with pytest.raises(ValueError, match="write 'a red circle'"):
+        object_words("a  red circle")
 
 
 def test_table_needs_shapes_world_ground_truth(tmp_path, tokenizer):
