@@ -268,7 +268,7 @@ class RewardConfig:
     category_mix: str = ("single_object=0.5,colors=0.5,two_object=1,color_attr=1,counting=2,"
                          "position=3")
     # Share of prompts in the canonical grammar; the rest use training phrasings of the caption
-    # language (pictor.data.captions, when available).
+    # language (pictor.data.captions.training_caption; never a held-out phrasing).
     canonical_share: float = 0.3
     # How samples are drawn: the shipped sampling defaults, layout guidance always off (the
     # reward is the model's own).

@@ -49,8 +49,10 @@ from PIL import Image
 from torch import nn
 
 from pictor.config import FinetuneConfig, TrainConfig, dump_yaml, save_config
+from pictor.data.captions import training_caption
 from pictor.data.shapes import (
     parse_mix,
+    parse_prompt,
     render_scene_array,
     sample_training_example,
     scene_for_prompt,
@@ -195,8 +197,8 @@ class RewardTask:
         for i in range(rc.prompts_per_round):
             rng = example_rng("train", PROMPT_SEED_OFFSET + round_index * rc.prompts_per_round + i)
             category, canonical, _ = sample_training_example(rng, self.mix)
-            out.append((category, training_phrasing(canonical, rng, rc.canonical_share),
-                        canonical))
+            caption = training_caption(parse_prompt(canonical), rng, rc.canonical_share)
+            out.append((category, caption.text, canonical))
         return out
 
     @torch.no_grad()
@@ -455,20 +457,6 @@ def read_validation(run_dir: str | Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
             by_step[int(rec["step"])] = rec
     return [by_step[s] for s in sorted(by_step)]
-
-
-def training_phrasing(canonical: str, rng: np.random.Generator, canonical_share: float) -> str:
-    """The prompt a reward round gives the model for a canonical prompt: itself with probability
-    canonical_share, else a training phrasing of the caption language (pictor.data.captions)."""
-    if rng.random() < canonical_share:
-        return canonical
-    try:
-        from pictor.data.captions import paraphrase  # the caption language, where present
-    except ImportError:
-        return canonical
-    from pictor.data.shapes import parse_prompt
-
-    return paraphrase(parse_prompt(canonical), rng, split="train").text
 
 
 def finetune(config: FinetuneConfig, *, resume: str | None = None,
