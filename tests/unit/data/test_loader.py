@@ -105,6 +105,13 @@ def test_encode_images_cached(tmp_path):
     assert z.shape == (6, 12, 4, 4) and calls == [4, 2]
     z2 = encode_images_cached(ds, unshuffle, "unshuffle-2", cache_dir=tmp_path / "c")
     assert torch.equal(z, z2) and calls == [4, 2]
+    # new captions for the same images: the latents are reused
+    meta = tmp_path / "d" / "metadata.jsonl"
+    meta.write_text(meta.read_text().replace('"text": "', '"text": "new words for '))
+    assert ImageFolderDataset(tmp_path / "d").captions != ds.captions
+    z3 = encode_images_cached(ImageFolderDataset(tmp_path / "d"), unshuffle, "unshuffle-2",
+                              cache_dir=tmp_path / "c")
+    assert torch.equal(z, z3) and calls == [4, 2]
     # changed image bytes change the fingerprint: recomputed
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "d" / "005.png")
     encode_images_cached(ImageFolderDataset(tmp_path / "d"), unshuffle, "unshuffle-2",
