@@ -60,3 +60,26 @@ def test_a_stable_target_run_trains(data, tmp_path):
     result = train(config)
     assert result.step == 20 and all(math.isfinite(x) for x in result.losses)
     assert sum(result.losses[-5:]) < sum(result.losses[:5])
+
+
+def test_paraphrased_data_groups_references_by_the_canonical_caption(tmp_path):
+    """Paraphrases leave almost every caption with one image; the references of an example are
+    drawn from the examples with its canonical caption instead (the same scenes)."""
+    from pictor.data.synth import synthesize
+    from pictor.training.trainer import CaptionGroups, stf_group_keys
+
+    root = tmp_path / "para"
+    synthesize(root, 96, seed=0, mix={"single_object": 1.0, "counting": 1.0}, workers=1,
+               progress=False, captions="paraphrase")
+    ds = open_dataset(root, image_size=64)
+    canonical = [e["canonical"] for e in ds.extras]
+    assert len(set(ds.captions)) > 2 * len(set(canonical))  # many wordings per scene kind
+    keys = stf_group_keys(ds)
+    assert all((keys[i] == keys[j]) == (canonical[i] == canonical[j])
+               for i in range(0, 96, 7) for j in range(96))
+    groups = CaptionGroups(keys)
+    idx = torch.arange(96)
+    u = torch.rand((96, 3), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    refs = groups.references(idx, u, torch.zeros(96, dtype=torch.bool))
+    assert all({canonical[j] for j in refs[i].tolist()} == {canonical[i]} for i in range(96))
+    assert any(len({ds.captions[j] for j in refs[i].tolist()}) > 1 for i in range(96))

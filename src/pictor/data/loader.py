@@ -134,6 +134,11 @@ class ImageFolderDataset(Dataset):
     def captions(self) -> list[str]:
         return [r.text for r in self.records]
 
+    @property
+    def extras(self) -> list[dict]:
+        """Each record's keys besides file_name and text (e.g. synth's category and seed)."""
+        return [r.extra for r in self.records]
+
     def load_all(self) -> torch.Tensor:
         """Every image stacked: (N, 3, H, W) float32 in [-1, 1]."""
         return torch.stack([self[i]["image"] for i in range(len(self))])  # type: ignore[misc]
@@ -187,6 +192,12 @@ class ShardDataset(Dataset):
     def captions(self) -> list[str]:
         return list(self._captions)
 
+    @property
+    def extras(self) -> list[dict]:
+        """Each record's `extra` JSON as a dict (e.g. synth's category and seed)."""
+        column = read_shards(self.root, ["extra"], self.max_images).column("extra").to_pylist()
+        return [json.loads(e) if e else {} for e in column]
+
     def load_all(self) -> torch.Tensor:
         """Every image stacked: (N, 3, H, W) float32 in [-1, 1]."""
         return torch.stack([self[i]["image"] for i in range(len(self))])  # type: ignore[misc]
@@ -211,6 +222,8 @@ class ImageDataset(Protocol):
     def __len__(self) -> int: ...
     @property
     def captions(self) -> list[str]: ...
+    @property
+    def extras(self) -> list[dict]: ...
     def load_all(self) -> torch.Tensor: ...
     def fingerprint(self) -> str: ...
 

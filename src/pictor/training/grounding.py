@@ -31,7 +31,6 @@ follow the canonical caption's object order, which the spans' entities use too.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -178,17 +177,8 @@ class _Truth:
 
 def _synth_records(dataset) -> list[_Truth | None]:
     """The ground truth of each example made by `pictor data synth`, else None."""
-    from pictor.data.loader import ShardDataset
-    from pictor.data.shards import read_shards
-
-    if isinstance(dataset, ShardDataset):
-        extras = read_shards(dataset.root, ["extra"], dataset.max_images).column(
-            "extra").to_pylist()
-        raw = [json.loads(e) if e else {} for e in extras]
-    else:  # ImageFolderDataset: the metadata.jsonl keys besides file_name and text
-        raw = [rec.extra for rec in dataset.records]
     out: list[_Truth | None] = []
-    for obj in raw:
+    for obj in dataset.extras:
         category, seed = obj.get("category"), obj.get("seed")
         canonical, captions = obj.get("canonical"), obj.get("captions", "canonical")
         ok = (isinstance(category, str) and isinstance(seed, int) and isinstance(captions, str)

@@ -92,7 +92,7 @@ class DiffusionTask:
             build()
         self.caption_rows = self.text.rows(dataset.captions)  # (N,)
         self.num_examples = len(dataset)
-        self.groups = (CaptionGroups(self.caption_rows)
+        self.groups = (CaptionGroups(stf_group_keys(dataset))
                        if tcfg.stable_target_references > 1 else None)
         self._check_shapes()
 
@@ -267,6 +267,18 @@ class DiffusionTask:
         else:
             save_module(ema_module, self.config.model, final / "unet.safetensors")
         save_config(self.config, final / "config.yaml")
+
+
+def stf_group_keys(dataset) -> torch.Tensor:
+    """(N,) group id of each example for Stable Target Field references: examples share a group
+    when they share a caption, or, where records name their canonical caption (shapes-world
+    data captioned in the caption language, pictor.data.captions), a canonical caption: "a
+    crimson disc" and "a red circle" describe the same distribution of scenes, and paraphrases
+    would otherwise leave each caption with one image and the target without references."""
+    keys = [extra.get("canonical") if isinstance(extra.get("canonical"), str) else text
+            for text, extra in zip(dataset.captions, dataset.extras, strict=True)]
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(k, len(ids)) for k in keys], dtype=torch.int64)
 
 
 class CaptionGroups:
