@@ -45,7 +45,7 @@ def environment() -> dict[str, Any]:
     """What the numbers depend on: library versions, threads, CPU, load at measurement time."""
     import torch
 
-    from pictor.pipeline import cpu_name
+    from pictor.hardware import cpu_name
 
     cpu = cpu_name()
     return {

@@ -160,8 +160,9 @@ class TrainingConfig:
     # instead of the whole range (0: plain uniform t, the same draws as before).
     high_noise_fraction: float = 0.0
     high_noise_min_t: int = 700
-    # Autocast dtype: "auto" uses bf16 on CUDA devices that support it and full precision on
-    # CPU; "bf16"/"fp16" force it (fp16 only on CUDA, with loss scaling); "no" disables it.
+    # Autocast dtype: "auto" uses bf16 where the device computes it natively (CUDA GPUs that
+    # support it, CPUs with AVX512-BF16 or AMX) and full precision elsewhere; "bf16"/"fp16"
+    # force it (fp16 only on CUDA, with loss scaling); "no" disables it.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # "auto": CUDA when available, else CPU. Under torchrun each process takes cuda:LOCAL_RANK.
     device: str = "auto"
@@ -311,7 +312,7 @@ class FinetuneConfig:
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
         output_dir="runs/reward", max_steps=400, checkpoint_every_steps=100,
         validation_every_steps=100, ema_halflife_steps=2, validation_prompts=[],
-        mixed_precision="bf16"))
+        mixed_precision="auto"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache, cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from pictor.guidance import (
     plan_layout,
     prompt_layout_bias,
 )
+from pictor.hardware import device_name, has_native_bf16
 from pictor.networks.codec import LatentCodec, build_codec
 from pictor.networks.io import load_module
 from pictor.networks.unet import UNet, UNetConfig
@@ -107,49 +108,11 @@ def layout_from_extra(extra: dict[str, Any]) -> tuple[str, ...]:
     return layout_rules(extra.get("layout_rules", ["relation"]))
 
 
-@cache
-def _cpuinfo(field: str) -> str | None:
-    """The value of the first `field` line of /proc/cpuinfo ("flags", "model name"), None where
-    there is none (not Linux, or no such line)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            line = next((line for line in f if line.split(":", 1)[0].strip() == field), None)
-    except OSError:
-        return None
-    return None if line is None or ":" not in line else line.split(":", 1)[1].strip()
-
-
-def _cpu_has_native_bf16() -> bool:
-    flags = (_cpuinfo("flags") or "").split()  # not Linux: stay with float32
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@lru_cache(maxsize=4)
-def device_name(device: torch.device) -> str:
-    """The processor a pipeline computes on, as records name it: "cuda: <GPU name>" or
-    "cpu: <model name>" (/proc/cpuinfo, else platform.processor()). The same seed and settings
-    give the same pixels on one kind of processor; another kind may round its low-precision
-    (and vectorised float32) kernels differently, so `pictor reproduce` names both."""
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"{device.type}: {cpu_name() or 'unknown'}"
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), else platform.processor() or platform.machine();
-    "" where none says. Records (device_name) and benchmarks/common.py's environment name it."""
-    import platform
-
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
-
-
 def resolve_compute_dtype(name: str, device: torch.device) -> str:
     """"auto" -> "bfloat16" where `device` computes bf16 natively, else "float32"; other names
     are checked and returned. ValueError for an unknown name."""
     if name == "auto":
-        if device.type == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-        return "bfloat16" if device.type == "cpu" and _cpu_has_native_bf16() else "float32"
+        return "bfloat16" if has_native_bf16(device) else "float32"
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"compute dtype {name!r}: choose auto or one of "
                          f"{', '.join(COMPUTE_DTYPES)}")

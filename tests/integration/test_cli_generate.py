@@ -16,7 +16,7 @@ from PIL import Image
 from pipeline_support import tiny_model_dir
 
 from pictor.cli.main import main
-from pictor.pipeline import device_name
+from pictor.hardware import device_name
 from pictor.provenance import DIGITAL_SOURCE_TYPE, read_provenance, save_png
 
 PROMPT = "a red circle"

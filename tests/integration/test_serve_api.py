@@ -15,7 +15,8 @@ from PIL import Image
 from pipeline_support import tiny_model_dir
 from serve_support import TOKEN, running_server, wait_for, wait_running
 
-from pictor.pipeline import device_name, load_pipeline
+from pictor.hardware import device_name
+from pictor.pipeline import load_pipeline
 from pictor.provenance import DIGITAL_SOURCE_TYPE, read_digital_source_type, read_provenance
 from pictor.serving.settings import ServeSettings
 

@@ -111,10 +111,11 @@ def test_bfloat16_compute_is_deterministic_and_recorded(model_dir, pipe):
 
 
 def test_auto_compute_dtype_is_bfloat16_only_where_the_cpu_has_it(model_dir, pipe):
-    from pictor.pipeline import _cpu_has_native_bf16, resolve_compute_dtype
+    from pictor.hardware import cpu_has_native_bf16
+    from pictor.pipeline import resolve_compute_dtype
 
     cpu = torch.device("cpu")
-    native = _cpu_has_native_bf16()
+    native = cpu_has_native_bf16()
     assert resolve_compute_dtype("auto", cpu) == ("bfloat16" if native else "float32")
     assert pipe.compute_dtype == resolve_compute_dtype("auto", cpu)  # the default
     assert resolve_compute_dtype("float32", cpu) == "float32"

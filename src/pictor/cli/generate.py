@@ -197,7 +197,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from pictor.pipeline import device_name, layout_from_extra, load_pipeline
+    from pictor.hardware import device_name
+    from pictor.pipeline import layout_from_extra, load_pipeline
     from pictor.provenance import read_provenance, save_png
 
     try:

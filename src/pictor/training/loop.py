@@ -36,6 +36,7 @@ from torch import nn
 
 from pictor.config import dump_yaml, save_config
 from pictor.data.loader import EpochSampler
+from pictor.hardware import has_native_bf16
 from pictor.training import checkpoints as ckpts
 from pictor.training.distributed import (
     DistInfo,
@@ -108,13 +109,13 @@ def lr_at(step: int, lr: float, warmup_steps: int, max_steps: int, schedule: str
 
 
 def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    """None: full precision. "auto" -> bf16 on CUDA devices that support it, else None."""
+    """None: full precision. "auto" -> bf16 where the device computes it natively (CUDA GPUs
+    that support it, CPUs with AVX512-BF16 or AMX; pictor.hardware), else None: emulated bf16
+    on other CPUs is many times slower than float32."""
     if mixed_precision == "no":
         return None
     if mixed_precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
+        return torch.bfloat16 if has_native_bf16(device) else None
     if mixed_precision == "fp16":
         if device.type != "cuda":
             raise ValueError("training.mixed_precision=fp16 needs a CUDA device; use bf16 or no "
