@@ -136,3 +136,21 @@ def test_optimality_probability_closed_forms():
                                         advantage_clip=1.0)[0]) == 1.0  # clipped
     with pytest.raises(ValueError, match="groups x 3"):
         optimality_probability(torch.ones(4), 3)
+
+
+def test_validation_scores_the_suites_and_the_start_once(base_model, tmp_path):
+    run = tmp_path / "val"
+    cfg = ft_config(base_model, run, "--training.max_steps=4", "--training.checkpoint_every_steps=4",
+                    "--training.validation_every_steps=2",
+                    "--reward.validation_suites=[validation-shapes]")
+    finetune(cfg, reward_fn=brightness)
+    base = json.loads((run / "baseline.json").read_text())
+    records = read_validation(run)
+    assert [r["step"] for r in records] == [2, 4]
+    for scores in [base] + [r["scores"] for r in records]:
+        assert 0.0 <= scores["val/validation-shapes/overall"] <= 1.0
+        assert scores["val/validation-shapes/fd"] > 0
+        assert scores["val/validation-shapes/diversity_ratio"] > 0
+    chosen = json.loads((run / "final" / "selection.json").read_text())
+    accepted = [r["step"] for r in records if r["accepted"]]
+    assert chosen["chosen_step"] in (accepted or [None])

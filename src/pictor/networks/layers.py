@@ -493,6 +493,15 @@ def position_features(height: int, width: int, num_frequencies: int, *,
     """
     if num_frequencies < 1:
         raise ValueError(f"num_frequencies must be >= 1, got {num_frequencies}")
+    # The result is cached: made in inference mode it would be an inference tensor, which a
+    # later training pass of the same process (reward fine-tuning samples, then trains) cannot
+    # save for backward.
+    with torch.inference_mode(False):
+        return _position_features(height, width, num_frequencies, device, dtype)
+
+
+def _position_features(height: int, width: int, num_frequencies: int,
+                       device: torch.device | str | None, dtype: torch.dtype) -> torch.Tensor:
     u = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
     v = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 - 1
     vv, uu = torch.meshgrid(v, u, indexing="ij")  # (H, W) each

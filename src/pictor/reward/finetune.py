@@ -350,7 +350,7 @@ class RewardTask:
             for k, v in run.report.scores.items():
                 out[f"val/{suite}/{k}"] = float(v)
             if run.distribution is not None:
-                out[f"val/{suite}/fd"] = float(run.distribution.fd)
+                out[f"val/{suite}/fd"] = float(run.distribution.frechet_distance)
             if run.diversity is not None:
                 out[f"val/{suite}/diversity_ratio"] = float(run.diversity.ratio)
         return out

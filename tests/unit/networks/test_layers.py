@@ -275,3 +275,17 @@ def test_linear_is_bit_identical_to_f_linear_eager_traced_and_with_autograd():
     assert torch.equal(out, f(x, lin.weight, lin.bias))
     out.float().sum().backward()
     assert lin.weight.grad is not None
+
+
+def test_position_features_made_in_inference_mode_serve_a_training_pass():
+    from pictor.networks.layers import TransformerBlock, position_features
+
+    position_features.cache_clear()
+    block = TransformerBlock(16, 16, num_heads=2, position_frequencies=2)
+    torch.nn.init.normal_(block.pos.weight, std=0.1)
+    x, ctx = torch.randn(2, 16, 4, 4), torch.randn(2, 3, 16)
+    with torch.inference_mode():
+        block(x, ctx)  # fills the cache
+    assert not position_features(4, 4, 2).is_inference()
+    block(x, ctx).sum().backward()  # a sampler's features in a training step: no error
+    assert block.pos.weight.grad is not None
