@@ -144,6 +144,11 @@ class TrainingConfig:
     # still holds at high noise, where the relation of a `position` prompt decides the layout.
     # Same masks and words as the token loss; 0 turns it off.
     grounding_centroid_weight: float = 0.0
+    # Weight of the learned layout prior's supervised loss (model.layout_prior_width > 0;
+    # pictor.training.grounding.layout_prior_loss): each grounded word's predicted pixel
+    # distribution against its object's mask, every other word's against uniform. Same masks
+    # and words as the grounding loss; 0 turns it off.
+    layout_prior_loss_weight: float = 0.0
     # Cross-attention maps of at least this side (in pixels of the U-Net's input) are grounded.
     grounding_min_resolution: int = 8
     # Which words are grounded: "all" (each object's colour and shape word) or "color" (only
@@ -613,6 +618,9 @@ def _validate_training(t: TrainingConfig) -> None:
     if t.grounding_loss_weight < 0:
         raise ValueError(f"training.grounding_loss_weight must be >= 0, got "
                          f"{t.grounding_loss_weight}")
+    if t.layout_prior_loss_weight < 0:
+        raise ValueError(f"training.layout_prior_loss_weight must be >= 0, got "
+                         f"{t.layout_prior_loss_weight}")
     if t.grounding_centroid_weight < 0:
         raise ValueError(f"training.grounding_centroid_weight must be >= 0, got "
                          f"{t.grounding_centroid_weight}")

@@ -318,7 +318,8 @@ class Pipeline:
         # steps of a sampler compute them once: [(context, mask, layout, dtype, context in
         # dtype, layout in dtype, terms)], most recent first (Pipeline._context_terms).
         self._prompt_terms: list[tuple] = []
-        # Text-adapter outputs per (prompt, length, compute dtype) (Pipeline._adapted).
+        # Per-prompt results (text-adapter outputs, layout-prior biases) by key and compute dtype
+        # (Pipeline._per_prompt).
         self._adapted_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._terms_lock = threading.Lock()  # guards both
 
@@ -489,13 +490,17 @@ class Pipeline:
         context_prepared=True, so the adapter runs once per prompt, not once per step).
         layout (True: every rule, or rule names; guidance.layout_rules) and a prompt that a rule
         applies to: both dicts also hold "layout", the attention bias (1, L, h, w) of layout
-        guidance, zero in the uncond one."""
+        guidance, zero in the uncond one. A U-Net with a learned layout prior gets its own bias
+        there for every non-empty prompt (UNet.layout_prior_bias; the rules' bias, when asked
+        for, is added to it)."""
         (ce, cm), (ue, um) = self.encode_prompt(prompt), self.encode_prompt(negative_prompt)
         length = max(1, int(cm.sum()), int(um.sum()))
         ce, cm, ue, um = ce[:, :length], cm[:, :length], ue[:, :length], um[:, :length]
+        ce_raw = ce if self.unet.layout_prior is not None and prompt else None
         if self.unet.text_adapter is not None:
             ce = self._adapted(prompt, ce, cm)
             ue = self._adapted(negative_prompt, ue, um)
+        prior = self._layout_prior(prompt, (ce_raw, cm)) if ce_raw is not None else None
         cond, uncond = {"context": ce, "mask": cm}, {"context": ue, "mask": um}
         rules = layout_rules(layout)
         bias = None
@@ -503,23 +508,40 @@ class Pipeline:
             bias = prompt_layout_bias(prompt, lambda: self._token_offsets(prompt), length,
                                       self.latent_shape[-1], rules, self.layout_words,
                                       self.layout_settings)
+        if prior is not None:  # the model's own learned layout (+ the rule's, if asked for)
+            bias = prior if bias is None else prior + bias.to(prior.device)
         if bias is not None:
             bias = bias.to(self.device)
             cond["layout"], uncond["layout"] = bias, torch.zeros_like(bias)
         return cond, uncond
 
+    def _layout_prior(self, prompt: str, tokens: tuple[torch.Tensor, torch.Tensor]
+                      ) -> torch.Tensor:
+        """The U-Net's learned layout prior bias (1, L, S, S) for a prompt's frozen tokens
+        (UNet.layout_prior_bias), in float32. The uncond pass gets none, as with layout
+        guidance."""
+        emb, mask = tokens
+        return self._per_prompt(("layout_prior", prompt, emb.shape[1]), lambda dtype: (
+            self.unet.layout_prior_bias(emb.to(dtype), mask).float()))
+
     def _adapted(self, prompt: str, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """unet.prepare_context of a prompt's tokens (trimmed to a length), in the compute dtype
-        and back; kept per (prompt, length, dtype) like the embeddings (the empty negative
-        prompt comes with every request)."""
-        key = (prompt, emb.shape[1], self.compute_dtype)
+        and back."""
+        return self._per_prompt(("adapted", prompt, emb.shape[1]), lambda dtype: (
+            self.unet.prepare_context(emb.to(dtype), mask).to(emb.dtype)))
+
+    def _per_prompt(self, key: tuple, compute: Callable[[torch.dtype], torch.Tensor]
+                    ) -> torch.Tensor:
+        """compute(compute dtype) of a prompt's text, run once without autograd and kept per
+        (key, compute dtype), least recently used out beyond prompt_cache_size, like the
+        embeddings (the empty negative prompt comes with every request)."""
+        key = (*key, self.compute_dtype)
         with self._terms_lock:
             if key in self._adapted_cache:
                 self._adapted_cache.move_to_end(key)
                 return self._adapted_cache[key]
-        dtype = COMPUTE_DTYPES[self.compute_dtype]
         with torch.inference_mode():
-            out = self.unet.prepare_context(emb.to(dtype), mask).to(emb.dtype)
+            out = compute(COMPUTE_DTYPES[self.compute_dtype])
         with self._terms_lock:
             self._adapted_cache[key] = out
             while len(self._adapted_cache) > self.prompt_cache_size:
@@ -528,12 +550,22 @@ class Pipeline:
 
     # ------------------------------------------------------------------ layout guidance
     def step_layout(self, t: torch.Tensor, cond: dict) -> torch.Tensor | None:
-        """The layout bias a network call at timesteps t gets: cond's "layout" (conditions with
-        layout=True) while t >= layout_settings.min_t, else None (the plain network)."""
+        """The layout bias a network call at timesteps t gets: cond's "layout" (the learned
+        prior's and/or layout guidance's, see conditions) while t >= layout_min_t, else None
+        (the plain network)."""
         layout = cond.get("layout")
-        if layout is None or float(t.max()) < self.layout_settings.min_t:
+        if layout is None or float(t.max()) < self.layout_min_t:
             return None
         return layout
+
+    @property
+    def layout_min_t(self) -> int:
+        """From which timestep on a pass gets the layout bias: the learned layout prior's own
+        threshold for a U-Net that has one (layout guidance's rules then act in the same
+        steps), else layout guidance's (layout_settings.min_t)."""
+        if self.unet.layout_prior is not None:
+            return self.unet.config.layout_prior_min_t
+        return self.layout_settings.min_t
 
     @property
     def layout_words(self) -> str:

@@ -85,3 +85,35 @@ def test_grounding_needs_a_frozen_encoder(data, tmp_path):
                          "--model.context_dim=32")
     with pytest.raises(ValueError, match="frozen pretrained text encoder"):
         DiffusionTask(config, DistInfo())
+
+
+def test_a_layout_prior_learns_where_the_words_go(data, tmp_path):
+    """training.layout_prior_loss_weight: the prior's loss is logged, falls on a fixed batch as
+    it trains, and the trained U-Net folder carries the prior into the pipeline."""
+    prior = ["--model.layout_prior_width=16", "--model.layout_prior_heads=2",
+             "--training.layout_prior_loss_weight=1.0", "--training.grounding_words=color",
+             "--optimizer.lr=3e-3", "--training.checkpoint_every_steps=0"]
+    task = DiffusionTask(tiny_config(*data, tmp_path / "a", *prior), DistInfo())
+
+    def fixed_prior_loss(model):
+        gen = torch.Generator().manual_seed(7)
+        idx = torch.arange(task.num_examples)
+        draws = task.draw(len(idx), gen)
+        draws["drop"][:] = False
+        with torch.no_grad():
+            task.loss(model, idx, draws)
+        return task.loss_terms["layout_prior_loss"]
+
+    before = fixed_prior_loss(task.model)
+    result = train(tiny_config(*data, tmp_path / "run", *prior, "--training.max_steps=60"))
+    assert fixed_prior_loss(result.ema_module) < before - 0.05
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert all("layout_prior_loss" in r for r in logged if "loss" in r)
+    from pictor.pipeline import load_pipeline
+
+    pipe = load_pipeline(tmp_path / "run" / "final")
+    assert pipe.unet.layout_prior is not None
+    assert "layout" in pipe.conditions("a red circle to the left of a blue square")[0]
+    with pytest.raises(ValueError, match="give the model one"):
+        DiffusionTask(tiny_config(*data, tmp_path / "b", "--training.layout_prior_loss_weight=1"),
+                      DistInfo())

@@ -353,3 +353,50 @@ def test_layout_conditions_bias_the_steered_tokens_of_the_conditional_half_only(
     assert steered.nonzero().flatten().tolist() == [2, 3, 9, 10]
     plain, _ = pipe.conditions(RELATION)
     assert "layout" not in plain
+
+
+def test_a_learned_layout_prior_steers_the_high_noise_passes_of_every_prompt(model_dir, tmp_path):
+    """A U-Net with a layout prior (pictor.networks.layout_prior): the pipeline computes its
+    bias once per prompt from the frozen tokens and passes it while t >= layout_prior_min_t;
+    the network computes the same thing itself from the raw tokens."""
+    import dataclasses
+
+    from pictor.networks.io import load_module, save_module
+    from pictor.networks.unet import UNet, UNetConfig
+
+    folder = tmp_path / "prior"
+    shutil.copytree(model_dir, folder)
+    plain = load_module(UNet, UNetConfig, folder / "unet.safetensors")
+    config = dataclasses.replace(plain.config, layout_prior_width=8, layout_prior_heads=2,
+                                 layout_prior_size=16)
+    unet = UNet(config)
+    unet.load_state_dict(plain.state_dict(), strict=False)
+    torch.manual_seed(0)
+    for p in unet.layout_prior.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    save_module(unet, config, folder / "unet.safetensors")
+    pipe = load_pipeline(folder)
+    pipe.set_compute_dtype("float32")
+    cond, uncond = pipe.conditions(PROMPT)  # no layout rule asked for: the model's own prior
+    assert cond["layout"].abs().max() > 0 and torch.equal(uncond["layout"],
+                                                          torch.zeros_like(cond["layout"]))
+    assert "layout" not in pipe.conditions("")[0]  # the empty prompt: no prior
+    t_high, t_low = torch.tensor([900.0]), torch.tensor([100.0])
+    assert pipe.step_layout(t_high, cond) is cond["layout"]
+    assert pipe.step_layout(t_low, cond) is None
+    emb, mask = pipe.encode_prompt(PROMPT)
+    length = cond["mask"].shape[1]
+    x = torch.randn(1, *pipe.latent_shape)
+    with torch.no_grad():
+        for t in (t_high, t_low):
+            torch.testing.assert_close(
+                pipe.run_unet(x, t, cond["context"], cond["mask"], pipe.step_layout(t, cond)),
+                pipe.unet(x, t, emb[:, :length], mask[:, :length]))
+    # it changes the images, and they are reproducible
+    base = load_pipeline(model_dir)
+    base.set_compute_dtype("float32")
+    steered = pixels(pipe.generate(RELATION, num_images=2, seed=3, num_steps=6, layout=False))
+    assert not np.array_equal(steered[0], pixels(base.generate(
+        RELATION, num_images=1, seed=3, num_steps=6, layout=False))[0])
+    again = pixels(pipe.generate(RELATION, num_images=2, seed=3, num_steps=6, layout=False))
+    assert all(np.array_equal(a, b) for a, b in zip(steered, again, strict=True))

@@ -70,6 +70,7 @@ from pictor.networks.layers import (
     weights_version,
     zero_,
 )
+from pictor.networks.layout_prior import LayoutPrior
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,17 @@ class UNetConfig:
     # Learned token-index embedding of the text adapter, for this many token positions (>=
     # text.max_length); 0 = the adapter is blind to word order (layers.TextAdapter).
     text_adapter_max_tokens: int = 0
+    # Learned layout prior (networks/layout_prior.py): a small transformer of this width over
+    # the frozen text tokens predicts where each word belongs, and while t >= layout_prior_min_t
+    # every cross-attention adds strength * clamp(log-density ratio) to its scores. 0 = none.
+    layout_prior_width: int = 0
+    layout_prior_layers: int = 2
+    layout_prior_heads: int = 4
+    layout_prior_max_tokens: int = 32   # >= text.max_length
+    layout_prior_strength: float = 10.0
+    layout_prior_clamp: float = 3.0     # |log-density ratio| cap: a bias of at most 30
+    layout_prior_min_t: int = 300       # the high-noise steps, where the layout is decided
+    layout_prior_size: int = 16         # S: the prior covers the S x S input (= the input size)
     # Width of the timestep embedding; None -> 4 * channels[0] (ADM).
     time_embed_dim: int | None = None
     # Upper bound on GroupNorm groups (the largest divisor of the channel count <= this is used).
@@ -171,6 +183,20 @@ class UNetConfig:
                                                 and not self.text_adapter_layers):
             raise ValueError(f"text_adapter_max_tokens ({self.text_adapter_max_tokens}) must be "
                              f">= 0 and needs text_adapter_layers > 0")
+        if self.layout_prior_width < 0:
+            raise ValueError(f"layout_prior_width must be >= 0, got {self.layout_prior_width}")
+        if self.layout_prior_width:
+            if self.context_dim is None:
+                raise ValueError("a layout prior needs a text-conditional UNet (context_dim)")
+            if self.layout_prior_width % self.layout_prior_heads or self.layout_prior_layers < 1:
+                raise ValueError(f"layout_prior_width ({self.layout_prior_width}) must be "
+                                 f"divisible by layout_prior_heads ({self.layout_prior_heads}) "
+                                 f"and layout_prior_layers >= 1")
+            if self.layout_prior_size % self.downsampling_factor:
+                raise ValueError(f"layout_prior_size ({self.layout_prior_size}) must be the "
+                                 f"input's size, a multiple of {self.downsampling_factor}")
+            if self.layout_prior_clamp <= 0 or self.layout_prior_strength < 0:
+                raise ValueError("layout_prior_clamp must be > 0 and layout_prior_strength >= 0")
         if self.position_frequencies < 0:
             raise ValueError(f"position_frequencies must be >= 0, got {self.position_frequencies}")
 
@@ -252,6 +278,12 @@ class UNet(nn.Module):
                         max_tokens=cfg.text_adapter_max_tokens)
             if cfg.text_adapter_layers and cfg.context_dim is not None else None)
 
+        self.layout_prior = (
+            LayoutPrior(cfg.context_dim, cfg.layout_prior_width, cfg.layout_prior_layers,
+                        cfg.layout_prior_heads, cfg.layout_prior_max_tokens,
+                        cfg.layout_prior_size, cfg.layout_prior_strength, cfg.layout_prior_clamp)
+            if cfg.layout_prior_width and cfg.context_dim is not None else None)
+
         self.conv_in = Conv2d(cfg.in_channels, ch[0], 3, padding=1)
         extra = cfg.extra_up_block
         skip_channels = [ch[0]] if extra else []
@@ -315,6 +347,17 @@ class UNet(nn.Module):
                              f"{tuple(context.shape[:2])}, got {context_mask.dtype} "
                              f"{tuple(context_mask.shape)}")
         return context, context_mask
+
+    def layout_prior_bias(self, context: Tensor, context_mask: Tensor | None = None
+                          ) -> Tensor | None:
+        """The learned layout prior's attention bias (B, L, S, S) for the frozen tokens
+        `context` (B, L, D) (not through the adapter), None for a UNet without one. forward
+        adds it itself when given the raw context; a sampler that prepares the context once
+        computes it here once per prompt and passes it as forward(layout=...) while
+        t >= config.layout_prior_min_t (pictor.pipeline)."""
+        if self.layout_prior is None:
+            return None
+        return self.layout_prior.bias(context, context_mask)
 
     def prepare_context(self, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
         """The text tokens as the U-Net's blocks read them: through the text adapter if there is
@@ -418,6 +461,18 @@ class UNet(nn.Module):
             raise ValueError(f"t must have shape (B,) = ({b},), got {tuple(t.shape)}")
         given = context is not None
         context, context_mask = self._text_inputs(b, context, context_mask)
+        prior = self.layout_prior
+        if (layout is None and given and not context_prepared and prior is not None
+                and (prior.record is not None or bool((t >= cfg.layout_prior_min_t).any()))):
+            # the learned layout prior (networks/layout_prior.py) on the high-noise examples
+            if (height, width) != (cfg.layout_prior_size,) * 2:
+                raise ValueError(f"the layout prior covers {cfg.layout_prior_size}x"
+                                 f"{cfg.layout_prior_size} inputs, got {height}x{width}")
+            logits = prior(context, context_mask)                      # (B, L, S, S)
+            if prior.record is not None:
+                prior.record.append(logits)
+            on = (t >= cfg.layout_prior_min_t).to(x.dtype)[:, None, None, None]
+            layout = prior.bias_from_logits(logits).to(x.dtype) * on
         if context is not None and not (given and context_prepared):
             context = self.prepare_context(context, context_mask)
         if layout is not None and (context is None or layout.ndim != 4

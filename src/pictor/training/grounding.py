@@ -47,6 +47,7 @@ __all__ = [
     "build_grounding_table",
     "centroid_loss",
     "grounding_loss",
+    "layout_prior_loss",
     "object_words",
     "record_cross_attention",
     "scene_masks",
@@ -355,3 +356,48 @@ def centroid_loss(records: Sequence[torch.Tensor], tokens: torch.Tensor, entity:
         return (d2 * w).sum() / w.sum().clamp_min(1.0)
 
     return _mean_over_layers(records, tokens, entity, masks, keep, term)
+
+
+def layout_prior_loss(logits: torch.Tensor, token_mask: torch.Tensor, tokens: torch.Tensor,
+                      entity: torch.Tensor, masks: torch.Tensor,
+                      keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The learned layout prior's supervised loss (pictor.networks.layout_prior): KL(target ||
+    q) per real token, where q = softmax of the prior's logits over the S x S pixels and the
+    target is the token's object mask, normalised, for the grounded tokens (the pairs of the
+    grounding table) and uniform for every other real token (articles, relation words: they
+    belong nowhere in particular, and a uniform prior adds no bias). The mean over grounded
+    tokens plus the mean over the others, each 0 at its optimum E[target | prompt] when the
+    prompt decides it. Examples not kept (a dropped caption) add nothing.
+
+    logits (B, L, S, S); token_mask (B, L) bool; tokens, entity (B, P) (tokens -1 = unused);
+    masks (B, E, S, S) in [0, 1]; keep (B,) bool -> scalar (0 with a graph when empty)."""
+    b, length, s, _ = logits.shape
+    n = s * s
+    log_q = torch.log_softmax(logits.float().flatten(2), dim=-1)           # (B, L, N)
+    real = token_mask.clone()
+    if keep is not None:
+        real &= keep[:, None]
+    target = torch.full_like(log_q, 1.0 / n)                              # (B, L, N)
+    grounded = torch.zeros_like(real)                                     # (B, L)
+    valid = (tokens >= 0) & (tokens < length)
+    if keep is not None:
+        valid &= keep[:, None]
+    flat = masks.float().flatten(2)                                       # (B, E, N)
+    mass = flat.sum(-1)                                                   # (B, E)
+    rows, cols = valid.nonzero(as_tuple=True)
+    if len(rows):
+        ent = entity[rows, cols]
+        ok = mass[rows, ent] > 1e-6
+        rows, cols, ent = rows[ok], cols[ok], ent[ok]
+        pos = tokens[rows, cols]
+        target[rows, pos] = flat[rows, ent] / mass[rows, ent][:, None]
+        grounded[rows, pos] = True
+    entropy = -(target * target.clamp_min(1e-30).log()).sum(-1)          # (B, L)
+    kl = -(target * log_q).sum(-1) - entropy                              # (B, L)
+    parts = []
+    for sel in (grounded & real, real & ~grounded):
+        if bool(sel.any()):
+            parts.append(kl[sel].mean())
+    if not parts:
+        return logits.sum() * 0.0
+    return torch.stack(parts).sum()

@@ -112,7 +112,12 @@ class DiffusionTask:
         self.mask = self.text.mask.to(self.device)  # (U, L)
         self.grounding = None
         self.loss_terms: dict[str, float] = {}  # the last step's loss parts, for the log
-        if tcfg.grounding_loss_weight > 0 or tcfg.grounding_centroid_weight > 0:
+        if tcfg.layout_prior_loss_weight > 0 and config.model.layout_prior_width == 0:
+            raise ValueError("training.layout_prior_loss_weight trains a layout prior; give the "
+                             "model one with --model.layout_prior_width=128 (or set the weight "
+                             "to 0)")
+        if (tcfg.grounding_loss_weight > 0 or tcfg.grounding_centroid_weight > 0
+                or tcfg.layout_prior_loss_weight > 0):
             self.grounding = self._build_grounding(dataset, dist.is_main and tcfg.progress_bar)
 
     def _build_grounding(self, dataset, progress: bool):
@@ -193,13 +198,22 @@ class DiffusionTask:
         from pictor.training.grounding import (
             centroid_loss,
             grounding_loss,
+            layout_prior_loss,
             record_cross_attention,
         )
 
         recording = (record_cross_attention(model, tcfg.grounding_min_resolution)
                      if self.grounding is not None else contextlib.nullcontext([]))
-        with recording as records:
-            pred = model(x_t, t.float(), context, mask)                 # (b, C, h, w)
+        prior = (_unwrap(model).layout_prior if tcfg.layout_prior_loss_weight > 0 else None)
+        if prior is not None:
+            prior.record = []
+        try:
+            with recording as records:
+                pred = model(x_t, t.float(), context, mask)             # (b, C, h, w)
+            prior_logits = prior.record if prior is not None else []
+        finally:
+            if prior is not None:
+                prior.record = None
         denoise = diffusion_loss(pred.float(), x0, noise, t, self.alphas_cumprod,
                                  dc.prediction_type, min_snr_gamma=dc.min_snr_gamma)
         if self.grounding is None:
@@ -216,6 +230,10 @@ class DiffusionTask:
             centre = centroid_loss(records, tokens, entity, masks, keep=keep)
             total = total + tcfg.grounding_centroid_weight * centre
             self.loss_terms["centroid_loss"] = float(centre.detach())
+        if prior_logits:
+            plan = layout_prior_loss(prior_logits[0], mask, tokens, entity, masks, keep=keep)
+            total = total + tcfg.layout_prior_loss_weight * plan
+            self.loss_terms["layout_prior_loss"] = float(plan.detach())
         return total
 
     @torch.no_grad()
@@ -267,6 +285,11 @@ class DiffusionTask:
         else:
             save_module(ema_module, self.config.model, final / "unet.safetensors")
         save_config(self.config, final / "config.yaml")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The UNet inside a DDP wrapper."""
+    return getattr(model, "module", model)
 
 
 def stf_group_keys(dataset) -> torch.Tensor:
