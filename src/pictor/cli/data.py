@@ -5,7 +5,8 @@
                     [--canonical-share 0.3]
   pictor data prepare INPUT -o OUT [--engine local|spark] [--master URL] [--image-size 64]
                     [--resize center-crop|pad] [--text-encoder minilm|PATH|none]
-                    [--with-embeddings] [--autoencoder PATH]
+                    [--with-embeddings] [--autoencoder PATH] [--allow-outside-root]
+                    [--record-timeout-seconds S] [--max-record-memory-bytes B]
   pictor data suites [--name geneval-shapes] [--export FILE]
 
 Each subcommand is a few lines over the library (`pictor.data.synth`, `pictor.data.engine`,
@@ -132,6 +133,15 @@ def _add_prepare(subcommands: argparse._SubParsersAction) -> None:
                         help="largest width*height decoded (default 2**26 = 8192^2)")
     parser.add_argument("--max-file-bytes", type=int, default=64 * 2**20,
                         help="largest source file read, in bytes (default 64 MiB)")
+    parser.add_argument("--record-timeout-seconds", type=float, default=60.0,
+                        help="longest one record may take; then it is rejected as timeout "
+                        "(default 60)")
+    parser.add_argument("--max-record-memory-bytes", type=int, default=2 * 2**30,
+                        help="memory one record may add to its worker; beyond it the record "
+                        "is rejected as out_of_memory (default 2 GiB)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="read files outside INPUT's folder (absolute or ../ paths in "
+                        "metadata, symlinks pointing out); refused by default")
     parser.add_argument("--formats", default=None,
                         help="comma-separated Pillow formats allowed (default "
                         "JPEG,MPO,PNG,WEBP,GIF,BMP,TIFF)")
@@ -195,12 +205,14 @@ def _run_prepare(args: argparse.Namespace) -> int:
             image_size=args.image_size, resize=args.resize, background=background,
             max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
             formats=tuple(args.formats.split(",")) if args.formats else ALLOWED_FORMATS,
-            max_caption_tokens=args.max_tokens, tokenizer_path=tokenizer)
+            max_caption_tokens=args.max_tokens, tokenizer_path=tokenizer,
+            record_timeout_seconds=args.record_timeout_seconds,
+            max_record_memory_bytes=args.max_record_memory_bytes)
         manifest = prepare_dataset(
             args.input, args.out, options, engine=args.engine, workers=args.workers,
             master=args.master, partitions=args.partitions,
             records_per_shard=args.records_per_shard, overwrite=args.overwrite,
-            progress=not args.quiet)
+            progress=not args.quiet, allow_outside_root=args.allow_outside_root)
     except ValueError as error:
         print(f"pictor data prepare: {error}", file=sys.stderr)
         return 2
@@ -210,6 +222,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
           f"({manifest.created_by['engine']} engine, {manifest.created_by['seconds']:.1f} s)")
     for reason, n in counts.skipped.items():
         print(f"  {reason:20s} {n:8d}  {REASONS[reason]}")
+    if counts.captions_cleaned:
+        print(f"{counts.captions_cleaned} caption(s) had invisible characters (zero-width, bidi "
+              "marks, private use) removed; control characters reject a caption instead")
     if counts.duplicates or counts.skipped:
         print(f"every skipped record is listed in {args.out}/{REJECTS_FILE}")
     if counts.written == 0:

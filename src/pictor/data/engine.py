@@ -22,6 +22,7 @@ records read through the manifest does not.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -35,6 +36,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pictor.data.files import real_root
 from pictor.data.inputs import InputSpec, detect_input, listing_records, tar_prefix, tar_records
 from pictor.data.prepare import PrepareOptions, prepare_batch
 from pictor.data.records import (
@@ -77,30 +79,36 @@ def prepare_dataset(input_path: str | Path, out: str | Path,
                     workers: int | None = None, master: str | None = None,
                     partitions: int | None = None, spark: Any = None,
                     records_per_shard: int = DEFAULT_RECORDS_PER_SHARD,
-                    overwrite: bool = False, progress: bool = False) -> Manifest:
+                    overwrite: bool = False, progress: bool = False,
+                    allow_outside_root: bool = False) -> Manifest:
     """Prepare INPUT into a shard folder `out`; returns the manifest written there.
 
-    Bad input (unknown layout, malformed metadata file) is a ValueError; bad *records* never
-    are: they are counted and listed in rejects.jsonl.
+    Bad input (unknown layout, a metadata file that cannot be read or names no image column)
+    is a ValueError; bad *records* never are, nor bad lines of a metadata file: they are
+    counted and listed in rejects.jsonl. Every file read must lie inside INPUT's folder once
+    symlinks are resolved, unless allow_outside_root (pictor.data.files).
     """
     options = options or PrepareOptions()
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     spec = detect_input(input_path)
+    options = dataclasses.replace(
+        options, allowed_root=None if allow_outside_root else real_root(spec.root))
     out = prepare_output(out, overwrite)
     start = time.perf_counter()
     if engine == "local":
-        shards, rejects, read = run_local(spec, out, options, workers=workers,
-                                          records_per_shard=records_per_shard, progress=progress)
+        shards, rejects, read, cleaned = run_local(spec, out, options, workers=workers,
+                                                   records_per_shard=records_per_shard,
+                                                   progress=progress)
         settings: dict[str, Any] = {"workers": workers or default_workers()}
     else:
         from pictor.data.spark import run_spark
 
-        shards, rejects, read, settings = run_spark(
+        shards, rejects, read, cleaned, settings = run_spark(
             spec, out, options, master=master, partitions=partitions, spark=spark,
             records_per_shard=records_per_shard, progress=progress)
     written = sum(s.num_records for s in shards)
-    counts = PrepareCounts.from_rejects(read, written, rejects)
+    counts = PrepareCounts.from_rejects(read, written, rejects, captions_cleaned=cleaned)
     write_rejects(out, rejects)
     manifest = Manifest(
         image_size=options.image_size, shards=shards, counts=counts,
@@ -176,10 +184,10 @@ def chunk_records(records: list[dict[str, Any]], size: int) -> list[list[dict[st
     return chunks
 
 
-def tar_batches(tar_path: str, prefix: str, max_member_bytes: int,
+def tar_batches(tar_path: str, prefix: str, options: PrepareOptions,
                 batch_size: int = TASK_SIZE) -> Iterator[pa.RecordBatch]:
     """Raw batches of one WebDataset tar."""
-    records = tar_records(tar_path, prefix, max_member_bytes)
+    records = tar_records(tar_path, prefix, options.max_file_bytes, options.allowed_root)
     while chunk := list(islice(records, batch_size)):
         yield pa.RecordBatch.from_pylist(chunk, schema=RAW_SCHEMA)
 
@@ -192,18 +200,18 @@ def _run_task(task: tuple[str, Any], options: PrepareOptions) -> pa.Table:
                                  options)]
     else:
         tar_path, prefix = payload
-        batches = [prepare_batch(b, options)
-                   for b in tar_batches(tar_path, prefix, options.max_file_bytes)]
+        batches = [prepare_batch(b, options) for b in tar_batches(tar_path, prefix, options)]
     return sort_records(pa.Table.from_batches(batches, schema=PREPARED_SCHEMA), RECORD_ORDER)
 
 
-def local_tasks(spec: InputSpec) -> list[tuple[str, Any]]:
+def local_tasks(spec: InputSpec, allowed_root: str | None) -> list[tuple[str, Any]]:
     """Tasks in key order: chunks of listed records, or one task per tar."""
     if spec.layout == "webdataset":
         # sorted by the prefix *with* its separator, the order of the keys it starts
         tars = sorted(spec.files, key=lambda p: tar_prefix(spec, p) + "/")
         return [("tar", (p, tar_prefix(spec, p))) for p in tars]
-    return [("rows", chunk) for chunk in chunk_records(listing_records(spec), TASK_SIZE)]
+    return [("rows", chunk)
+            for chunk in chunk_records(listing_records(spec, allowed_root), TASK_SIZE)]
 
 
 def ordered_map(fn: Callable[[Any], T], items: Iterable[Any], workers: int) -> Iterator[T]:
@@ -223,23 +231,25 @@ def ordered_map(fn: Callable[[Any], T], items: Iterable[Any], workers: int) -> I
 
 
 def run_local(spec: InputSpec, out: Path, options: PrepareOptions, *, workers: int | None,
-              records_per_shard: int, progress: bool) -> tuple[list[ShardInfo], pa.Table, int]:
-    """The local engine: (shards written, rejects sorted, records read)."""
+              records_per_shard: int,
+              progress: bool) -> tuple[list[ShardInfo], pa.Table, int, int]:
+    """The local engine: (shards written, rejects sorted, records read, captions cleaned)."""
     from tqdm import tqdm
 
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    tasks = local_tasks(spec)
+    tasks = local_tasks(spec, options.allowed_root)
     writer = ShardWriter(out, records_per_shard)
     dedup = Deduplicator()
     rejects: list[pa.Table] = [REJECT_SCHEMA.empty_table()]
-    read = 0
+    read = cleaned = 0
     bar = tqdm(unit="rec", desc="prepare", disable=not progress)
     try:
         for prepared in ordered_map(functools.partial(_run_task, options=options), tasks,
                                     min(workers, max(1, len(tasks)))):
             read += prepared.num_rows
+            cleaned += count_cleaned(prepared)
             kept, rejected = dedup.split(prepared)
             writer.write(kept)
             rejects.append(rejected)
@@ -247,4 +257,11 @@ def run_local(spec: InputSpec, out: Path, options: PrepareOptions, *, workers: i
     finally:
         bar.close()
     shards = writer.close()
-    return shards, sort_records(pa.concat_tables(rejects), REJECT_ORDER), read
+    return shards, sort_records(pa.concat_tables(rejects), REJECT_ORDER), read, cleaned
+
+
+def count_cleaned(prepared: pa.Table) -> int:
+    """Records that passed with invisible caption characters removed (an ok record's detail
+    says which; pictor.data.prepare.check_caption)."""
+    ok = pc.equal(prepared.column("status"), STATUS_OK)
+    return pc.sum(pc.and_(ok, pc.is_valid(prepared.column("detail")))).as_py() or 0

@@ -6,16 +6,22 @@ record (PREPARED_SCHEMA) with a status and, when skipped, one reason. The checks
 order and the first failure is the reason:
 
 1. the listing's own verdict (`error`: missing_caption, missing_image, unsupported_file, ...);
-2. the source bytes: read them (missing_file), sha256 of them (exact de-duplication happens
-   later, across records), empty_file, file_too_large;
-3. the caption: decode (caption_undecodable), clean up, caption_empty, caption_too_long;
+2. the source bytes: read them (pictor.data.files: regular files inside the input folder
+   only, never more than max_file_bytes: missing_file, not_regular_file, outside_root,
+   file_too_large), sha256 of them (exact de-duplication happens later, across records),
+   empty_file;
+3. the caption: decode (caption_undecodable), control characters and lone surrogates
+   (caption_control_chars), clean up (invisible format characters removed and noted in the
+   ok record's `detail`), caption_empty, caption_too_long;
 4. the image (decode_image): format allow-list, pixel limit, decode (corrupt / truncated),
    EXIF orientation, colour modes to 8-bit sRGB RGB, alpha over a background, then a square of
    image_size by centre-crop or by padding (keeps the aspect ratio), stored as PNG.
 
 Captions go before images because they are cheap: a record rejected for its caption is never
 decoded. No per-record failure raises: any exception while decoding becomes corrupt_image with
-the exception text as its detail, so one bad file never stops a job.
+the exception text as its detail (out_of_memory for a failed allocation), and `prepare_batch`
+runs each record under a time and memory limit in a process of its own (pictor.data.isolation:
+timeout, worker_crashed), so one bad file never stops a job.
 
 Colour handling, in the order applied:
 - 16-bit (I;16*, I) greyscale is scaled to 8 bit with rounding, v8 = round(v16 * 255 / 65535)
@@ -36,13 +42,14 @@ import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pictor.data.files import UnsafeFile, read_bounded
+from pictor.data.isolation import run_isolated
 from pictor.data.records import (
     PREPARED_SCHEMA,
     REASONS,
@@ -90,6 +97,16 @@ class PrepareOptions:
     tokenizer_path: str | None = None
     # PNG zlib level of the stored images (1: fast; the images are small either way).
     png_compress_level: int = 1
+    # Longest a record may take (read, decode, resize); past it its process is killed and the
+    # record is a timeout (pictor.data.isolation). Legitimate 8192^2 images take ~2 s.
+    record_timeout_seconds: float = 60.0
+    # Memory a record may add to its worker (address space, RLIMIT_AS); past it the record is
+    # out_of_memory. The largest legitimate record (max_pixels CMYK JPEG with an ICC profile)
+    # needs ~1 GiB.
+    max_record_memory_bytes: int = 2 * 2**30
+    # Resolved input folder that every file read must lie in (pictor.data.files); None: any
+    # path (--allow-outside-root). Set by the prepare job from its INPUT.
+    allowed_root: str | None = None
 
     def __post_init__(self) -> None:
         if self.image_size < 1:
@@ -102,6 +119,9 @@ class PrepareOptions:
                              f"{self.background!r}")
         if self.max_pixels < 1 or self.max_file_bytes < 1 or self.max_caption_tokens < 1:
             raise ValueError("max_pixels, max_file_bytes and max_caption_tokens must be >= 1")
+        if not self.record_timeout_seconds > 0 or self.max_record_memory_bytes < 2**20:
+            raise ValueError("record_timeout_seconds must be > 0 and max_record_memory_bytes "
+                             ">= 1 MiB")
         Image.init()  # registers every plugin, so Image.OPEN lists all formats
         unknown = [f for f in self.formats if f not in Image.OPEN]
         if unknown or not self.formats:
@@ -114,7 +134,10 @@ class PrepareOptions:
                 "max_file_bytes": self.max_file_bytes, "formats": list(self.formats),
                 "max_caption_tokens": self.max_caption_tokens,
                 "tokenizer": self.tokenizer_path or "word-rule",
-                "png_compress_level": self.png_compress_level}
+                "png_compress_level": self.png_compress_level,
+                "record_timeout_seconds": self.record_timeout_seconds,
+                "max_record_memory_bytes": self.max_record_memory_bytes,
+                "confined_to_input": self.allowed_root is not None}
 
 
 class RecordError(Exception):
@@ -142,16 +165,13 @@ def local_path(source: str) -> str:
     return source
 
 
-def read_source(source: str, max_bytes: int) -> bytes:
-    """The bytes of a file; missing_file / file_too_large as RecordError."""
-    path = Path(local_path(source))
+def read_source(source: str, max_bytes: int, root: str | None = None) -> bytes:
+    """The bytes of a regular file inside `root` (None: anywhere), at most max_bytes of them;
+    any other case is a RecordError (pictor.data.files says which)."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise RecordError("file_too_large", f"{size} bytes > max_file_bytes={max_bytes}")
-        return path.read_bytes()
-    except OSError as error:
-        raise RecordError("missing_file", f"{type(error).__name__}: {error}") from None
+        return read_bounded(local_path(source), max_bytes, root)
+    except UnsafeFile as error:
+        raise RecordError(error.reason, error.detail) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,6 +262,14 @@ class DecodedImage:
     source_size: tuple[int, int]  # (width, height) of the source after EXIF rotation
 
 
+def _decode_error(reason: str, error: Exception) -> RecordError:
+    """The RecordError of an exception raised while decoding: a failed allocation is the
+    memory limit's doing (pictor.data.isolation), anything else the file's."""
+    if isinstance(error, MemoryError):
+        return RecordError("out_of_memory", f"{type(error).__name__} (max_record_memory_bytes)")
+    return RecordError(reason, f"{type(error).__name__}: {error}")
+
+
 def decode_image(data: bytes, options: PrepareOptions) -> DecodedImage:
     """Source bytes -> a square RGB image (see the module docstring); RecordError on failure."""
     try:
@@ -260,7 +288,7 @@ def decode_image(data: bytes, options: PrepareOptions) -> DecodedImage:
         raise RecordError("corrupt_image", "not a decodable image of an allowed format "
                           f"({', '.join(options.formats)})") from None
     except Exception as error:
-        raise RecordError("corrupt_image", f"{type(error).__name__}: {error}") from None
+        raise _decode_error("corrupt_image", error) from None
     with im:
         width, height = im.size
         if width * height > options.max_pixels:
@@ -284,13 +312,13 @@ def decode_image(data: bytes, options: PrepareOptions) -> DecodedImage:
             im.load()
         except Exception as error:
             reason = "truncated_image" if "truncated" in str(error).lower() else "corrupt_image"
-            raise RecordError(reason, f"{type(error).__name__}: {error}") from None
+            raise _decode_error(reason, error) from None
         try:
             upright = ImageOps.exif_transpose(im) if orientation != 1 else im
             rgb = to_rgb(upright, options.background)
             out = fit_square(rgb, options.image_size, options.resize, options.background)
         except Exception as error:
-            raise RecordError("corrupt_image", f"{type(error).__name__}: {error}") from None
+            raise _decode_error("corrupt_image", error) from None
     if orientation in _SWAPS_AXES:
         width, height = height, width
     return DecodedImage(out, fmt, (width, height))
@@ -365,10 +393,36 @@ def count_tokens(text: str, tokenizer_path: str | None) -> int:
                          verbose=False)["input_ids"])
 
 
+# Control characters that are whitespace: cleaned to a space. Every other control character
+# (NUL, ESC, DEL, C1 controls) and every lone surrogate rejects the caption: they come from
+# binary garbage or from an attempt to smuggle terminal or markup control into the data.
+_WHITESPACE_CONTROLS = "\t\n\v\f\r\x85"
+
+
+def forbidden_character(text: str) -> str | None:
+    """A description of the first control character or lone surrogate of `text`, or None."""
+    for position, ch in enumerate(text):
+        category = unicodedata.category(ch)
+        if (category == "Cc" and ch not in _WHITESPACE_CONTROLS) or category == "Cs":
+            return f"U+{ord(ch):04X} at character {position}"
+    return None
+
+
+def removed_characters(text: str) -> list[str]:
+    """The format and private-use characters that clean_caption removes, as U+XXXX (sorted)."""
+    return sorted({f"U+{ord(ch):04X}" for ch in unicodedata.normalize("NFC", text)
+                   if unicodedata.category(ch) in ("Cf", "Co") and ch != _ZERO_WIDTH_JOINER})
+
+
 def check_caption(caption: str | None, caption_bytes: bytes | None,
-                  options: PrepareOptions) -> str:
-    """Decoded, cleaned and checked caption; RecordError otherwise."""
-    text = clean_caption(decode_caption(caption, caption_bytes))
+                  options: PrepareOptions) -> tuple[str, str | None]:
+    """(decoded, cleaned and checked caption, a note on invisible characters removed or None);
+    RecordError otherwise."""
+    decoded = decode_caption(caption, caption_bytes)
+    bad = forbidden_character(decoded)
+    if bad is not None:
+        raise RecordError("caption_control_chars", bad)
+    text = clean_caption(decoded)
     if not text:
         raise RecordError("caption_empty", "empty after removing whitespace and control "
                           "characters")
@@ -379,7 +433,9 @@ def check_caption(caption: str | None, caption_bytes: bytes | None,
         rule = "tokenizer" if options.tokenizer_path else "word rule"
         raise RecordError("caption_too_long", f"{num_tokens} tokens ({rule}) > "
                           f"max_caption_tokens={options.max_caption_tokens}")
-    return text
+    removed = removed_characters(decoded)
+    note = f"caption cleaned: removed {', '.join(removed)}" if removed else None
+    return text, note
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,7 +444,8 @@ def check_caption(caption: str | None, caption_bytes: bytes | None,
 
 
 def prepare_record(raw: dict[str, Any], options: PrepareOptions) -> dict[str, Any]:
-    """One raw record (RAW_SCHEMA dict) -> one prepared record (PREPARED_SCHEMA dict)."""
+    """One raw record (RAW_SCHEMA dict) -> one prepared record (PREPARED_SCHEMA dict). An ok
+    record's `detail` notes invisible caption characters removed (None when there were none)."""
     out: dict[str, Any] = {name: None for name in PREPARED_SCHEMA.names}
     out.update(key=raw["key"], source=raw["source"], extra=raw.get("extra"))
     try:
@@ -396,7 +453,7 @@ def prepare_record(raw: dict[str, Any], options: PrepareOptions) -> dict[str, An
             raise RecordError(raw["error"], raw.get("error_detail") or "")
         data = raw.get("image")
         if data is None:
-            data = read_source(raw["source"], options.max_file_bytes)
+            data = read_source(raw["source"], options.max_file_bytes, options.allowed_root)
         out["sha256"] = hashlib.sha256(data).hexdigest()
         if not data:
             raise RecordError("empty_file", "0 bytes")
@@ -405,22 +462,39 @@ def prepare_record(raw: dict[str, Any], options: PrepareOptions) -> dict[str, An
                               f"max_file_bytes={options.max_file_bytes}")
         caption_bytes = raw.get("caption_bytes")
         if raw.get("caption") is None and caption_bytes is None and raw.get("caption_source"):
-            caption_bytes = read_source(raw["caption_source"], options.max_file_bytes)
-        out["caption"] = check_caption(raw.get("caption"), caption_bytes, options)
+            caption_bytes = read_source(raw["caption_source"], options.max_file_bytes,
+                                        options.allowed_root)
+        out["caption"], note = check_caption(raw.get("caption"), caption_bytes, options)
         decoded = decode_image(data, options)
+        png = encode_png(decoded.image, options.png_compress_level)
     except RecordError as error:
         out.update(status=STATUS_SKIPPED, reason=error.reason, detail=error.detail)
         return out
-    out.update(image=encode_png(decoded.image, options.png_compress_level),
-               width=decoded.image.width, height=decoded.image.height,
+    except MemoryError as error:  # hashing, caption or PNG encoding under the memory limit
+        failure = _decode_error("corrupt_image", error)
+        out.update(status=STATUS_SKIPPED, reason=failure.reason, detail=failure.detail)
+        return out
+    out.update(image=png, width=decoded.image.width, height=decoded.image.height,
                source_format=decoded.format, source_width=decoded.source_size[0],
-               source_height=decoded.source_size[1], status=STATUS_OK)
+               source_height=decoded.source_size[1], status=STATUS_OK, detail=note)
+    return out
+
+
+def failed_record(raw: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
+    """The prepared record of a raw record whose transform hung or crashed."""
+    out: dict[str, Any] = {name: None for name in PREPARED_SCHEMA.names}
+    out.update(key=raw["key"], source=raw["source"], extra=raw.get("extra"),
+               status=STATUS_SKIPPED, reason=reason, detail=detail)
     return out
 
 
 def prepare_batch(batch: pa.RecordBatch | pa.Table, options: PrepareOptions) -> pa.RecordBatch:
-    """A batch of raw records -> the batch of prepared records, same order."""
-    rows = [prepare_record(raw, options) for raw in batch.to_pylist()]
+    """A batch of raw records -> the batch of prepared records, same order; each record runs
+    under the time and memory limits of pictor.data.isolation."""
+    rows = run_isolated(batch.to_pylist(), lambda raw: prepare_record(raw, options),
+                        PREPARED_SCHEMA, failed_record,
+                        timeout_seconds=options.record_timeout_seconds,
+                        memory_bytes=options.max_record_memory_bytes)
     return pa.RecordBatch.from_pylist(rows, schema=PREPARED_SCHEMA)
 
 
@@ -433,5 +507,18 @@ def prepare_batches(batches: Iterable[pa.RecordBatch],
 
 
 def extra_json(values: dict[str, Any]) -> str | None:
-    """Other metadata of a record as compact JSON (None when there is none)."""
-    return json.dumps(values, sort_keys=True, ensure_ascii=False) if values else None
+    """Other metadata of a record as compact JSON (None when there is none). Lone surrogates
+    (JSON input may hold them; Arrow strings may not) are kept as \\u escapes."""
+    if not values:
+        return None
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False)
+    return text if is_utf8_safe(text) else json.dumps(values, sort_keys=True)
+
+
+def is_utf8_safe(text: str) -> bool:
+    """False when `text` holds a lone surrogate (not encodable as UTF-8, so not in Arrow)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

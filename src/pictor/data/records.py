@@ -35,6 +35,8 @@ REASONS: dict[str, str] = {
     "empty_file": "the file has zero bytes",
     "file_too_large": "the file is larger than max_file_bytes",
     "unsupported_file": "a file that is neither an image nor a caption (by its extension)",
+    "not_regular_file": "a device, FIFO, socket or folder where a file was expected",
+    "outside_root": "the path resolves outside the input folder (see --allow-outside-root)",
     # the image
     "format_not_allowed": "an image format outside the allow-list (e.g. PSD, ICO)",
     "corrupt_image": "Pillow cannot decode the bytes as an image of an allowed format",
@@ -47,8 +49,14 @@ REASONS: dict[str, str] = {
     "caption_undecodable": "the caption bytes are not UTF-8 (or hold U+FFFD from a bad decode)",
     "caption_empty": "the caption is empty after clean-up",
     "caption_too_long": "more tokens than the text encoder's budget (max_caption_tokens)",
+    "caption_control_chars": "the caption holds control characters (NUL, ESC, ...) or lone "
+                             "surrogates",
     # the input listing
-    "bad_metadata": "a metadata or manifest row without a usable file name",
+    "bad_metadata": "a metadata or manifest line that does not parse, or names no file",
+    # the transform itself
+    "timeout": "preparing the record took longer than record_timeout_seconds",
+    "out_of_memory": "preparing the record needed more than max_record_memory_bytes",
+    "worker_crashed": "the process preparing the record died (a crash or the OOM killer)",
     # de-duplication
     "duplicate": "the same source bytes as a record with a smaller key",
 }

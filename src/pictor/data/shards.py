@@ -65,16 +65,20 @@ class PrepareCounts:
     written: int = 0
     duplicates: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> records
+    # records that passed after invisible characters (zero-width, bidi marks, private use)
+    # were removed from their caption; duplicates included
+    captions_cleaned: int = 0
 
     @classmethod
-    def from_rejects(cls, read: int, written: int, rejects: pa.Table) -> PrepareCounts:
+    def from_rejects(cls, read: int, written: int, rejects: pa.Table,
+                     captions_cleaned: int = 0) -> PrepareCounts:
         statuses = rejects.column("status").to_pylist()
         reasons = rejects.column("reason").to_pylist()
         skipped = Counter(r for s, r in zip(statuses, reasons, strict=True)
                           if s != STATUS_DUPLICATE)
         counts = cls(read=read, written=written,
                      duplicates=sum(s == STATUS_DUPLICATE for s in statuses),
-                     skipped=dict(sorted(skipped.items())))
+                     skipped=dict(sorted(skipped.items())), captions_cleaned=captions_cleaned)
         if counts.read != counts.written + counts.duplicates + sum(counts.skipped.values()):
             raise RuntimeError(f"record counts do not add up: {counts}")  # a bug, not bad input
         return counts

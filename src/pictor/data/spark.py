@@ -8,10 +8,10 @@ workers, so both engines write the same records.
 
 Plan (each step a DataFrame; nothing but the small reject list is collected on the driver):
 
-    input      folder listing on the driver (pairs; images of  | spark.read json/csv/parquet
-               an imagefolder) -> paths only                   | (imagefolder metadata,
-                                                                 | manifests) | tar paths
-    raw        RAW_SCHEMA rows (inputs.pair_group / row_to_raw in mapInArrow), repartitioned
+    input      folder listing on the driver (pairs; images of  | spark.read text (JSONL) or
+               an imagefolder; CSV metadata) -> paths only     | parquet (manifests) | tars
+    raw        RAW_SCHEMA rows (inputs.parse_json_line / row_to_raw in mapInArrow: a malformed
+               line is a bad_metadata record with its line number, never a failed job)
     prepared   mapInArrow(prepare_batches), Arrow batches of TASK_SIZE records; persisted
                (webdataset: tar expansion and transform fused in one mapInArrow)
     dedup      row_number() over (partition by sha256 order by key, caption) among "ok"
@@ -44,15 +44,19 @@ import pyarrow as pa
 
 from pictor.data.engine import REJECT_ORDER, TASK_SIZE, sort_records, tar_batches
 from pictor.data.inputs import (
-    IMAGE_EXTENSIONS,
     InputSpec,
+    bad_line_raw,
     check_columns,
-    extension,
-    list_files,
+    first_row,
     listing_records,
+    manifest_records,
+    open_metadata,
+    parse_json_line,
     row_to_raw,
+    split_undecodable,
     tar_prefix,
     unlisted_image_raw,
+    unlisted_images,
 )
 from pictor.data.prepare import PrepareOptions, prepare_batch, prepare_batches
 from pictor.data.records import (
@@ -68,7 +72,7 @@ from pictor.data.shards import SHARD_NAME, ShardInfo, shard_info
 
 SPARK_TMP_DIR = "_spark_shards"  # inside OUT; hidden from readers by its leading underscore
 _FILE_COLUMN = "_pictor_file"     # which metadata/manifest file a row came from
-_CSV_NULL = "\u0000pictor-null\u0000"  # so that an empty CSV field stays "" (as in Python's csv)
+_ROW_COLUMN = "_pictor_row"       # its row number in that file, from 1
 
 
 def spark_session(master: str | None = None, app_name: str = "pictor-data-prepare",
@@ -113,41 +117,80 @@ def _raw_frame(spark: Any, records: list[dict[str, Any]]) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 
-def _read_rows(spark: Any, files: tuple[str, ...]) -> Any:
+def _json_lines_raw(spark: Any, path: str, root: str) -> Any:
+    """Raw records of a JSON Lines file, parsed by the local engine's own function
+    (inputs.parse_json_line) in mapInArrow. Spark's JSON reader is not used: it cannot give
+    line numbers, and in its FAILFAST mode one malformed line fails the job. Lines are split on
+    \\n only (as the local engine does) and numbered by zipWithIndex, in file order."""
     from pyspark.sql import functions as F
 
-    suffix = Path(files[0]).suffix.lower()
-    reader = spark.read
-    if suffix == ".parquet":
-        df = reader.parquet(*files)
-    elif suffix == ".csv":
-        df = (reader.option("header", "true").option("multiLine", "true")
-              .option("escape", '"').option("nullValue", _CSV_NULL).csv(list(files)))
-    else:
-        df = reader.option("mode", "FAILFAST").json(list(files))
+    where = os.path.basename(path)
+    lines = (spark.read.option("lineSep", "\n").text(path)
+             .select(F.col("value").cast("binary").alias("value")))
+    numbered = spark.createDataFrame(
+        lines.rdd.zipWithIndex().map(lambda pair: (pair[1] + 1, bytes(pair[0][0]))),
+        "line long, value binary")
+
+    def to_raw(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            out = []
+            for line_no, line in zip(batch.column("line").to_pylist(),
+                                     batch.column("value").to_pylist(), strict=True):
+                if not line.strip():
+                    continue
+                row, problem = parse_json_line(line, line_no)
+                out.append(bad_line_raw(where, line_no, problem or "") if row is None
+                           else row_to_raw(row, root, where, line_no))
+            yield pa.RecordBatch.from_pylist(out, schema=RAW_SCHEMA)
+
+    return numbered.mapInArrow(to_raw, _spark_schema(RAW_SCHEMA))
+
+
+def _parquet_raw(spark: Any, files: tuple[str, ...], root: str) -> Any:
+    """Raw records of Parquet manifests, numbered by row within each file from 1."""
+    from pyspark.sql import functions as F
+
+    df = spark.read.parquet(*files)
     check_columns(df.columns, files[0])
-    return df.withColumn(_FILE_COLUMN, F.col("_metadata.file_name"))
-
-
-def _rows_raw(spark: Any, spec: InputSpec) -> Any:
-    root = spec.root
+    df = (df.withColumn(_FILE_COLUMN, F.col("_metadata.file_name"))
+          .withColumn(_ROW_COLUMN, F.col("_metadata.row_index") + 1))
 
     def to_raw(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             out = []
             for row in batch.to_pylist():
-                where = row.pop(_FILE_COLUMN)
-                out.append(row_to_raw(row, root, os.path.basename(where)))
+                where, line_no = row.pop(_FILE_COLUMN), row.pop(_ROW_COLUMN)
+                out.append(row_to_raw(row, root, where, line_no))
             yield pa.RecordBatch.from_pylist(out, schema=RAW_SCHEMA)
 
-    raw = _read_rows(spark, spec.files).mapInArrow(to_raw, _spark_schema(RAW_SCHEMA))
+    return df.mapInArrow(to_raw, _spark_schema(RAW_SCHEMA))
+
+
+def _rows_raw(spark: Any, spec: InputSpec, allowed_root: str | None) -> Any:
+    """Raw records of an imagefolder's metadata or of manifests. JSON Lines and Parquet are
+    read by Spark; CSV (whose records may span lines) is parsed on the driver by the local
+    engine's reader, so both engines number and judge its records alike."""
+    root = spec.root
+    suffix = Path(spec.files[0]).suffix.lower()
+    if suffix == ".parquet":
+        for path in spec.files:  # regular files inside the root, as the local engine checks
+            open_metadata(path, allowed_root).close()
+        raw = _parquet_raw(spark, spec.files, root)
+    elif suffix == ".csv":
+        raw = _raw_frame(spark, manifest_records(spec, allowed_root))
+    else:
+        first = first_row(spec.files[0], allowed_root)
+        if first is not None:
+            check_columns(list(first), spec.files[0])
+        raw = _json_lines_raw(spark, spec.files[0], root)
     if spec.layout != "imagefolder":
         return raw
     # images the metadata does not name: the folder's listing minus the metadata's keys
     metadata_name = os.path.basename(spec.files[0])
-    images = _raw_frame(spark, [unlisted_image_raw(k, root, metadata_name)
-                                for k in list_files(root) if extension(k) in IMAGE_EXTENSIONS])
-    return raw.unionByName(images.join(raw.select("key"), on="key", how="left_anti"))
+    keys, undecodable = split_undecodable(unlisted_images(root), root)
+    images = _raw_frame(spark, [unlisted_image_raw(k, root, metadata_name) for k in keys])
+    raw = raw.unionByName(images.join(raw.select("key"), on="key", how="left_anti"))
+    return raw.unionByName(_raw_frame(spark, undecodable)) if undecodable else raw
 
 
 def _prepared(spark: Any, spec: InputSpec, options: PrepareOptions,
@@ -157,21 +200,20 @@ def _prepared(spark: Any, spec: InputSpec, options: PrepareOptions,
     schema = _spark_schema(PREPARED_SCHEMA)
     if spec.layout == "webdataset":
         tars = [(p, tar_prefix(spec, p)) for p in sorted(spec.files)]
-        max_bytes = options.max_file_bytes
 
         def expand(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             for batch in batches:
                 for row in batch.to_pylist():
-                    for raw in tar_batches(row["tar"], row["prefix"], max_bytes):
+                    for raw in tar_batches(row["tar"], row["prefix"], options):
                         yield prepare_batch(raw, options)
 
         df = spark.createDataFrame(tars, "tar string, prefix string")
         partitions = partitions or len(tars)
         return df.repartition(partitions).mapInArrow(expand, schema), [], partitions
     if spec.layout == "pairs":
-        raw = _raw_frame(spark, listing_records(spec))
+        raw = _raw_frame(spark, listing_records(spec, options.allowed_root))
     else:
-        raw = _rows_raw(spark, spec)
+        raw = _rows_raw(spark, spec, options.allowed_root)
     cached = []
     if partitions is None:  # ~512 records per task, at least 4 tasks per core
         raw = raw.persist()
@@ -201,8 +243,10 @@ def _rename_parts(tmp: Path, out: Path) -> list[ShardInfo]:
 
 def run_spark(spec: InputSpec, out: Path, options: PrepareOptions, *, master: str | None,
               partitions: int | None, spark: Any, records_per_shard: int,
-              progress: bool = True) -> tuple[list[ShardInfo], pa.Table, int, dict[str, Any]]:
-    """The Spark engine: (shards written, rejects sorted, records read, settings)."""
+              progress: bool = True) -> tuple[list[ShardInfo], pa.Table, int, int,
+                                              dict[str, Any]]:
+    """The Spark engine: (shards written, rejects sorted, records read, captions cleaned,
+    settings)."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -228,6 +272,8 @@ def run_spark(spec: InputSpec, out: Path, options: PrepareOptions, *, master: st
         spark.conf.set("spark.sql.shuffle.partitions", str(num_tasks))
         prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
         read = prepared.count()
+        cleaned = prepared.where((F.col("status") == STATUS_OK)
+                                 & F.col("detail").isNotNull()).count()
         for df in cached:
             df.unpersist()
         order = [F.col("key").asc_nulls_first(), F.col("caption").asc_nulls_first()]
@@ -255,7 +301,7 @@ def run_spark(spec: InputSpec, out: Path, options: PrepareOptions, *, master: st
         settings = {"master": spark.sparkContext.master,
                     "spark_version": spark.version,
                     "default_parallelism": spark.sparkContext.defaultParallelism}
-        return shards, reject_table, read, settings
+        return shards, reject_table, read, cleaned, settings
     finally:
         if own_session:
             spark.stop()

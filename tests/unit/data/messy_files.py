@@ -59,13 +59,16 @@ def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+
 def png_bomb(side: int = 30_000) -> bytes:
     """A valid 1-bit PNG of side x side pixels (900 M for the default) in ~100 KB: zeros
     compress ~1000:1. Pillow would need ~1 GB to decode it."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
+    chunk = png_chunk
     row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row * 1000) for _ in range(side // 1000)) + comp.flush()
@@ -162,10 +165,10 @@ def make_imagefolder(root: Path) -> Path:
 
 IMAGEFOLDER_WRITTEN = ["0.png", "2.png"]
 IMAGEFOLDER_REASONS = {"1.png": "missing_caption", "gone.png": "missing_file",
-                       "unlisted.png": "missing_caption", "metadata.jsonl#None": "bad_metadata"}
+                       "unlisted.png": "missing_caption", "metadata.jsonl:5": "bad_metadata"}
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]], cut_last: bool = False) -> None:
+def write_tar(path: Path, members: list[tuple[str, bytes]], cut_last: bool = False) -> None:
     """A tar of `members`; cut_last: the file ends 100 bytes into the last member's data."""
     import tarfile
 
@@ -189,7 +192,7 @@ def make_webdataset(root: Path) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     jpg = encode(photo(40, 30, seed=40), "JPEG")
-    _tar(root / "a.tar", [
+    write_tar(root / "a.tar", [
         ("s000.jpg", jpg), ("s000.txt", b"a red circle"),
         ("s001.png", encode(photo(30, 30, seed=41), "PNG")),
         ("s001.json", json.dumps({"caption": "two stars", "width": 30}).encode()),
@@ -199,7 +202,7 @@ def make_webdataset(root: Path) -> Path:
     second = encode(photo(30, 30, seed=43), "PNG")
     members = [("s100.png", second), ("s100.txt", b"a blue square"),
                ("s101.txt", b"cut"), ("s101.png", encode(photo(64, 64, seed=44), "PNG"))]
-    _tar(root / "b.tar", members, cut_last=True)
+    write_tar(root / "b.tar", members, cut_last=True)
     return root
 
 

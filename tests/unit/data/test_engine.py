@@ -88,9 +88,13 @@ def test_imagefolder_manifest_and_webdataset_layouts(tmp_path):
     prepare_dataset(tmp_path / "list.parquet", tmp_path / "o2", workers=1)
     assert read_shards(tmp_path / "o2", ["caption"]).column("caption").to_pylist() == [
         "a red circle", "two stars"]
-    (tmp_path / "bad.jsonl").write_text('{"path": "a.png", "text": "x"}\n{oops\n')
-    with pytest.raises(ValueError, match="bad.jsonl:2"):
-        prepare_dataset(tmp_path / "bad.jsonl", tmp_path / "o3")
+    # a malformed line is one rejected record naming its line; the good lines still count
+    (tmp_path / "bad.jsonl").write_text('{"path": "if/0.png", "text": "x"}\n{oops\n')
+    manifest = prepare_dataset(tmp_path / "bad.jsonl", tmp_path / "o3", workers=1)
+    assert manifest.counts.written == 1
+    [bad] = read_rejects(tmp_path / "o3")
+    assert (bad["key"], bad["reason"]) == ("bad.jsonl:2", "bad_metadata")
+    assert bad["detail"].startswith("line 2: not a JSON object")
     (tmp_path / "nopath.jsonl").write_text('{"text": "x"}\n')
     with pytest.raises(ValueError, match="path or file_name"):
         prepare_dataset(tmp_path / "nopath.jsonl", tmp_path / "o4")

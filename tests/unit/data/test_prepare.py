@@ -113,7 +113,10 @@ def test_caption_clean_up_and_checks():
     assert clean_caption("\ufeff  a\tred\u00a0circle\u200b\n\n") == "a red circle"
     assert clean_caption("cafe\u0301") == "caf\u00e9"  # NFC
     opts = PrepareOptions(max_caption_tokens=6)  # word rule: words + punctuation + 2
-    assert check_caption(None, b"a red circle.", opts) == "a red circle."
+    assert check_caption(None, b"a red circle.", opts) == ("a red circle.", None)
+    # invisible format characters are removed and the removal is noted (reported as cleaned)
+    assert check_caption("a red\u200b circle\u202e", None, opts) == (
+        "a red circle", "caption cleaned: removed U+200B, U+202E")
     assert count_tokens("a red circle.", None) == 6
     for caption, caption_bytes, reason in [
         (None, None, "missing_caption"),
@@ -122,6 +125,10 @@ def test_caption_clean_up_and_checks():
         (" \n\t ", None, "caption_empty"),
         ("a red circle and a blue", None, "caption_too_long"),
         ("x" * 100_001, None, "caption_too_long"),
+        ("a red\x00 circle", None, "caption_control_chars"),
+        (None, b"a \x1b[31mred\x1b[0m circle", "caption_control_chars"),
+        ("a red \x85\x9b circle", None, "caption_control_chars"),  # C1 CSI; NEL is a space
+        ("a red \ud800 circle", None, "caption_control_chars"),  # lone surrogate (from JSON)
     ]:
         with pytest.raises(RecordError) as info:
             check_caption(caption, caption_bytes, opts)
@@ -137,7 +144,7 @@ def test_token_count_uses_the_encoders_tokenizer():
     assert count_tokens("a red circle", None) == 5
     assert count_tokens("zxqv", path) > count_tokens("zxqv", None)
     opts = PrepareOptions(max_caption_tokens=5, tokenizer_path=path)
-    assert check_caption("a red circle", None, opts) == "a red circle"
+    assert check_caption("a red circle", None, opts) == ("a red circle", None)
     with pytest.raises(RecordError, match="6 tokens"):
         check_caption("a red circle and", None, opts)
 

@@ -4,7 +4,15 @@ tests are few because each Spark job costs seconds of JVM scheduling."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hostile_files import (
+    HOSTILE_OPTIONS,
+    make_hostile_imagefolder,
+    make_hostile_pairs,
+    make_hostile_webdataset,
+)
 from messy_files import (
     EXPECTED_REASONS,
     EXPECTED_WRITTEN,
@@ -30,7 +38,8 @@ pytest.importorskip("pyspark")
 def spark():
     from pictor.data.spark import spark_session
 
-    session = spark_session("local[2]")
+    # PICTOR_TEST_SPARK_MASTER=local[1] runs the module on one core (a busy machine)
+    session = spark_session(os.environ.get("PICTOR_TEST_SPARK_MASTER", "local[2]"))
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
@@ -65,4 +74,21 @@ def test_spark_engine_on_imagefolder_and_webdataset(spark, tmp_path):
         assert read_shards(out, ["key"]).column("key").to_pylist() == written
         assert {r["key"]: r["reason"] for r in read_rejects(out)} == reasons
         prepare_dataset(source, tmp_path / f"{make.__name__}-local", workers=1)
+        assert_same_output(out, tmp_path / f"{make.__name__}-local")
+
+
+@pytest.mark.timeout(600)
+def test_spark_engine_on_the_hostile_corpus(spark, tmp_path):
+    """Malformed metadata lines, FIFOs, sockets, /dev and /etc links, a record over the memory
+    budget: the Spark job finishes, every record is written or rejected with the local engine's
+    reason, line numbers included (never FAILFAST, never a Java stack trace)."""
+    for make in (make_hostile_pairs, make_hostile_imagefolder, make_hostile_webdataset):
+        source, expected = make(tmp_path / make.__name__)
+        out = tmp_path / f"{make.__name__}-spark"
+        manifest = prepare_dataset(source, out, HOSTILE_OPTIONS, engine="spark", spark=spark)
+        got = {k: None for k in read_shards(out, ["key"]).column("key").to_pylist()}
+        got.update({r["key"]: r["reason"] for r in read_rejects(out)})
+        assert got == expected, make.__name__
+        assert manifest.counts.read == len(expected)
+        prepare_dataset(source, tmp_path / f"{make.__name__}-local", HOSTILE_OPTIONS, workers=1)
         assert_same_output(out, tmp_path / f"{make.__name__}-local")
