@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
@@ -237,7 +238,11 @@ def save_checkpoint(root: str | Path, ckpt: Checkpoint, *, keep_last: int | None
     _fsync_file(tmp / MARKER)
     _fsync_dir(tmp)
     if final.exists():  # re-written after resuming from an older checkpoint
-        _remove_dir(final)
+        problem = checkpoint_problem(final, verify_hashes=False)
+        if problem is None:
+            _remove_dir(final)
+        else:  # what is damaged is kept for inspection, never overwritten
+            move_aside(final, problem)
     os.rename(tmp, final)
     _fsync_dir(root)
     if keep_last is not None:
@@ -280,23 +285,81 @@ def remove_stale_temp_dirs(root: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------------
 
 
+REQUIRED_FILES = ("model.safetensors", "optimizer.safetensors", "state.json", "config.yaml")
+REQUIRED_STATE_KEYS = ("format_version", "step", "optimizer", "rng", "data_position")
+MAX_JSON_BYTES = 64 * 2**20  # COMPLETE.json and state.json are a few KB; refuse to parse more
+
+
+def _read_json(path: Path) -> Any:
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path.name} is {path.stat().st_size} bytes (> {MAX_JSON_BYTES})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def checkpoint_problem(path: str | Path, *, verify_hashes: bool = True) -> str | None:
+    """None when `path` is a finished, intact checkpoint; otherwise what is wrong with it.
+
+    Checked: the folder name, COMPLETE.json (present, parsable, naming the required files with
+    sizes and hashes that match), the step (the same non-negative integer in the folder name,
+    COMPLETE.json and state.json), state.json's required keys and format version, and that the
+    safetensors headers parse. A folder can pass only if it was written whole by
+    save_checkpoint or made to look so on purpose (then load errors still name the file).
+    """
+    path = Path(path)
+    m = CHECKPOINT_NAME.match(path.name)
+    if not m:
+        return "the folder name is not step_<digits>"
+    if not (path / MARKER).is_file():
+        return f"no {MARKER} (interrupted while being written, or not a checkpoint)"
+    try:
+        marker = _read_json(path / MARKER)
+        files = marker["files"]
+        if not isinstance(files, dict):
+            return f"{MARKER} lists no files"
+        missing = [n for n in REQUIRED_FILES if n not in files]
+        if missing:
+            return f"{MARKER} does not list {', '.join(missing)}"
+        for name, info in files.items():
+            if Path(name).name != name:
+                return f"{MARKER} names a file outside the folder: {name!r}"
+            f = path / name
+            if not f.is_file():
+                return f"{name} is missing"
+            if f.stat().st_size != info["bytes"]:
+                return f"{name} has {f.stat().st_size} bytes, {MARKER} says {info['bytes']}"
+            if verify_hashes and _sha256(f) != info["sha256"]:
+                return f"{name} does not match its SHA-256 in {MARKER} (damaged after writing)"
+        step = int(m.group(1))
+        if marker.get("step") != step:
+            return f"{MARKER} says step {marker.get('step')!r}, the folder name {step}"
+        if not verify_hashes:
+            return None
+        state = _read_json(path / "state.json")
+        if not isinstance(state, dict):
+            return "state.json is not a JSON object"
+        missing = [k for k in REQUIRED_STATE_KEYS if k not in state]
+        if missing:
+            return f"state.json lacks {', '.join(missing)}"
+        if state["format_version"] != FORMAT_VERSION:
+            return (f"state.json has format_version {state['format_version']!r}; this pictor "
+                    f"reads {FORMAT_VERSION}")
+        if type(state["step"]) is not int or state["step"] != step or step < 0:
+            return f"state.json says step {state['step']!r}, the folder name {step}"
+        if not isinstance(state["optimizer"], dict) or \
+                not isinstance(state["optimizer"].get("param_groups"), list):
+            return "state.json's optimizer has no param_groups list"
+        for name in files:
+            if name.endswith(".safetensors"):
+                with safe_open(path / name, framework="pt") as f:
+                    f.keys()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
+        return f"unreadable: {type(error).__name__}: {error}"
+    return None
+
+
 def is_complete(path: str | Path, *, verify_hashes: bool = True) -> bool:
     """True when `path` is a finished checkpoint whose files match its COMPLETE.json."""
-    path = Path(path)
-    if not CHECKPOINT_NAME.match(path.name) or not (path / MARKER).is_file():
-        return False
-    try:
-        marker = json.loads((path / MARKER).read_text())
-        files = marker["files"]
-        for name, info in files.items():
-            f = path / name
-            if not f.is_file() or f.stat().st_size != info["bytes"]:
-                return False
-            if verify_hashes and _sha256(f) != info["sha256"]:
-                return False
-        return "state.json" in files and "model.safetensors" in files
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return checkpoint_problem(path, verify_hashes=verify_hashes) is None
 
 
 def list_checkpoints(root: str | Path, *, verify_hashes: bool = True) -> list[tuple[int, Path]]:
@@ -312,43 +375,85 @@ def list_checkpoints(root: str | Path, *, verify_hashes: bool = True) -> list[tu
     return sorted(found)
 
 
-def find_latest(root: str | Path) -> Path | None:
-    """The newest complete, hash-verified checkpoint under `root`, or None."""
+@dataclass
+class LatestScan:
+    """What `--resume latest` found: the newest intact checkpoint and the damaged ones newer
+    than it (all of them when none is intact), each with what is wrong."""
+
+    path: Path | None
+    damaged: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def scan_latest(root: str | Path) -> LatestScan:
+    """Checkpoints under `root` from the newest down to the first that verifies."""
     root = Path(root)
+    scan = LatestScan(None)
     if not root.is_dir():
-        return None
+        return scan
     candidates = sorted(
         ((int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_NAME.match(p.name))),
         reverse=True,
     )
     for _, path in candidates:
-        if is_complete(path, verify_hashes=True):
-            return path
-    return None
+        problem = checkpoint_problem(path) if path.is_dir() else "not a folder"
+        if problem is None:
+            scan.path = path
+            return scan
+        scan.damaged.append((path, problem))
+    return scan
 
 
-def resolve_resume(resume: str | None, checkpoints_root: str | Path) -> Path | None:
-    """`--resume` value -> checkpoint folder. "latest": newest complete one (None if there is
-    none yet, so a fresh run starts); otherwise a path that must be a complete checkpoint."""
+def find_latest(root: str | Path) -> Path | None:
+    """The newest complete, hash-verified checkpoint under `root`, or None."""
+    return scan_latest(root).path
+
+
+def describe_damaged(damaged: list[tuple[Path, str]]) -> str:
+    return "; ".join(f"{p.name}: {problem}" for p, problem in damaged)
+
+
+def move_aside(path: Path, problem: str) -> Path:
+    """Rename a damaged checkpoint to damaged-<name>-<time> beside it (never deleted, never
+    overwritten: a new checkpoint of the same step gets the name) with a note of why."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"damaged-{path.name}-{stamp}-{uuid.uuid4().hex[:4]}")
+    os.rename(path, target)
+    (target / "DAMAGED.txt").write_text(f"{problem}\n")
+    return target
+
+
+def resolve_resume(resume: str | None, checkpoints_root: str | Path) -> LatestScan:
+    """`--resume` value -> what to resume from. None: a fresh run. "latest": the newest intact
+    checkpoint, with the damaged newer ones (the caller reports and moves them aside); a fresh
+    run when there are no checkpoints at all, ValueError naming each when none verifies.
+    Otherwise a path that must be an intact checkpoint."""
     if resume is None:
-        return None
+        return LatestScan(None)
     if resume == "latest":
-        return find_latest(checkpoints_root)
+        scan = scan_latest(checkpoints_root)
+        if scan.path is None and scan.damaged:
+            raise ValueError(
+                f"--resume latest: no checkpoint under {checkpoints_root} verifies "
+                f"({describe_damaged(scan.damaged)}). Nothing was changed: restore them from a "
+                f"copy, resume from another one with --resume PATH, or start a new run in "
+                f"another training.output_dir")
+        return scan
     path = Path(resume)
-    if not is_complete(path):
-        raise ValueError(f"--resume {resume!r} is not a complete checkpoint folder (expected "
-                         f"step_<n>/ with a valid {MARKER}); use --resume latest to pick the "
-                         f"newest complete one under {checkpoints_root}")
-    return path
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"--resume {resume!r} is not an intact checkpoint folder ({problem}); "
+                         f"use --resume latest to pick the newest intact one under "
+                         f"{checkpoints_root}")
+    return LatestScan(path)
 
 
 def load_checkpoint(path: str | Path, *, map_location: str = "cpu") -> Checkpoint:
     """Read a checkpoint written by save_checkpoint (verifying it first)."""
     path = Path(path)
-    if not is_complete(path):
-        raise ValueError(f"{path} is not a complete checkpoint (missing or mismatching "
-                         f"{MARKER}); it was probably interrupted while being written")
-    state = json.loads((path / "state.json").read_text())
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path} is not a complete checkpoint: {problem}")
+    state = _read_json(path / "state.json")
     model = load_file(path / "model.safetensors", device=map_location)
     ema = (load_file(path / "ema.safetensors", device=map_location)
            if (path / "ema.safetensors").is_file() else None)

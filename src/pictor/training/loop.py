@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,6 +168,15 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
         raise ValueError(f"{run_dir} already holds checkpoints of a run; continue it with "
                          f"--resume latest, or start afresh with another training.output_dir")
 
+    # Before anything is built: a run whose checkpoints are all damaged stops here (exit 2).
+    scan = ckpts.resolve_resume(resume, ckpt_root)
+    resume_path = scan.path
+    if dist.is_main:
+        for path, problem in scan.damaged:  # newer than the one resumed from: kept, moved aside
+            moved = ckpts.move_aside(path, problem)
+            print(f"warning: skipped damaged checkpoint {path.name} ({problem}); moved it to "
+                  f"{moved.name}", file=sys.stderr, flush=True)
+
     # Same seed on every rank: identical initial weights, data order and per-step randomness.
     torch.manual_seed(tcfg.seed)
     task = build_task(dist)
@@ -183,16 +193,21 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
     sampler = EpochSampler(task.num_examples, seed=tcfg.seed)
 
     start_step = 0
-    resume_path = ckpts.resolve_resume(resume, ckpt_root)
     if resume_path is not None:
         ck = ckpts.load_checkpoint(resume_path)
         _check_compatible(config, ck.config_yaml, resume_path)
-        model.load_state_dict(ck.model)
-        if ck.ema is not None:
-            ema.load_state_dict(ck.ema, ck.ema_num_updates)
-        optimizer.load_state_dict(ck.optimizer)
-        sampler.set_position(ck.data_position)
-        ckpts.restore_rng_state(ck.rng, {"train": generator})
+        try:
+            model.load_state_dict(ck.model)
+            if ck.ema is not None:
+                ema.load_state_dict(ck.ema, ck.ema_num_updates)
+            optimizer.load_state_dict(ck.optimizer)
+            sampler.set_position(ck.data_position)
+            ckpts.restore_rng_state(ck.rng, {"train": generator})
+        except (RuntimeError, KeyError, TypeError, IndexError, ValueError) as error:
+            kind = type(error).__name__
+            raise ValueError(f"checkpoint {resume_path} does not fit this run ({kind}: "
+                             f"{str(error)[:500]}); resume from another checkpoint or start a "
+                             f"new run in another training.output_dir") from None
         start_step = ck.step
         if dist.rank != 0:  # the saved global RNG states are rank 0's; keep ranks distinct
             torch.manual_seed(tcfg.seed * 1000003 + dist.rank * 7919 + start_step)

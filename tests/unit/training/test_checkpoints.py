@@ -108,11 +108,86 @@ def test_latest_skips_incomplete_and_corrupt(tmp_path):
     assert find_latest(tmp_path).name == "step_000000010"
     (tmp_path / "step_000000010" / "COMPLETE.json").unlink()
     assert find_latest(tmp_path) is None
-    assert resolve_resume("latest", tmp_path) is None
-    with pytest.raises(ValueError, match="not a complete checkpoint"):
+    # none verifies: --resume latest refuses (never a silent fresh start), naming each and why
+    with pytest.raises(ValueError) as info:
+        resolve_resume("latest", tmp_path)
+    message = str(info.value)
+    assert "step_000000030: model.safetensors does not match its SHA-256" in message
+    assert "step_000000020: optimizer.safetensors has 10 bytes" in message
+    assert "step_000000010: no COMPLETE.json" in message
+    with pytest.raises(ValueError, match="not an intact checkpoint folder .no COMPLETE.json"):
         resolve_resume(str(tmp_path / "step_000000010"), tmp_path)
     with pytest.raises(ValueError, match="interrupted"):
         load_checkpoint(tmp_path / "step_000000010")
+    # no checkpoints at all: a fresh run
+    assert resolve_resume("latest", tmp_path / "none").path is None
+
+
+def _forge(folder, name: str, data: bytes) -> None:
+    """Replace a file of a checkpoint *and* its entry in COMPLETE.json, so that only the
+    checks of meaning (not the hashes) can tell."""
+    import hashlib
+    import json
+
+    (folder / name).write_bytes(data)
+    marker = json.loads((folder / "COMPLETE.json").read_text())
+    marker["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "COMPLETE.json").write_text(json.dumps(marker))
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda s: {**s, "step": 999}, "state.json says step 999, the folder name 10"),
+    (lambda s: {**s, "step": -5}, "state.json says step -5"),
+    (lambda s: {**s, "step": "10"}, "state.json says step '10'"),
+    (lambda s: {k: v for k, v in s.items() if k != "rng"}, "state.json lacks rng"),
+    (lambda s: {**s, "optimizer": {}}, "no param_groups"),
+    (lambda s: [s], "not a JSON object"),
+])
+def test_state_json_is_checked_for_meaning(tmp_path, change, problem):
+    import json
+
+    model, opt = _trained_optimizer()
+    path = save_checkpoint(tmp_path, _ckpt(10, model, opt))
+    state = json.loads((path / "state.json").read_text())
+    _forge(path, "state.json", json.dumps(change(state)).encode())
+    with pytest.raises(ValueError, match=problem):
+        load_checkpoint(path)
+
+
+def test_bad_safetensors_header_and_marker_tricks(tmp_path):
+    import json
+
+    model, opt = _trained_optimizer()
+    path = save_checkpoint(tmp_path, _ckpt(10, model, opt))
+    _forge(path, "model.safetensors", b"\xff" * 8 + b"not a header")
+    with pytest.raises(ValueError, match="unreadable: SafetensorError"):
+        load_checkpoint(path)
+    path = save_checkpoint(tmp_path, _ckpt(20, model, opt))
+    marker = json.loads((path / "COMPLETE.json").read_text())
+    marker["files"]["../../etc/hostname"] = {"bytes": 1, "sha256": "0"}
+    (path / "COMPLETE.json").write_text(json.dumps(marker))
+    with pytest.raises(ValueError, match="outside the folder"):
+        load_checkpoint(path)
+
+
+def test_a_damaged_checkpoint_is_moved_aside_never_overwritten(tmp_path):
+    from pictor.training.checkpoints import scan_latest
+
+    model, opt = _trained_optimizer()
+    save_checkpoint(tmp_path, _ckpt(10, model, opt))
+    damaged = save_checkpoint(tmp_path, _ckpt(20, model, opt))
+    (damaged / "optimizer.safetensors").write_bytes(b"x")
+    scan = scan_latest(tmp_path)
+    assert scan.path.name == "step_000000010"
+    assert [(p.name, "1 bytes" in problem) for p, problem in scan.damaged] == [
+        ("step_000000020", True)]
+    # a new run writing step 20 again keeps the damaged folder, byte for byte, beside it
+    save_checkpoint(tmp_path, _ckpt(20, model, opt))
+    [aside] = [p for p in tmp_path.iterdir() if p.name.startswith("damaged-step_000000020-")]
+    assert (aside / "optimizer.safetensors").read_bytes() == b"x"
+    assert "1 bytes" in (aside / "DAMAGED.txt").read_text()
+    assert is_complete(tmp_path / "step_000000020")
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 20]
 
 
 def test_interrupted_write_leaves_no_checkpoint(tmp_path, monkeypatch):
