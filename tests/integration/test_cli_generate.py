@@ -186,6 +186,46 @@ def test_user_errors_exit_2(model_dir, tmp_path, capsys, monkeypatch):
     assert "no pictor provenance record" in capsys.readouterr().err
 
 
+def test_hostile_prompts_and_records_exit_2_with_the_reason(model_dir, tmp_path, capsys):
+    import time
+
+    from PIL import PngImagePlugin
+
+    from pictor.provenance import XMP_KEY, ProvenanceRecord
+
+    assert main(["generate", "a red\x00circle", "--model", str(model_dir)]) == 2
+    assert "prompt holds NUL (U+0000) at position 5" in capsys.readouterr().err
+    assert main(["generate", PROMPT, "--negative", "\x1b[2J", "--model", str(model_dir)]) == 2
+    assert "negative prompt holds a control character (U+001B)" in capsys.readouterr().err
+
+    # a record holding a 30 MB prompt is refused at once (it took 83 s and 2.8 GB)
+    record = ProvenanceRecord(prompt="a red circle " * 2_400_000, seed=0, sampler="ddim",
+                              num_steps=2, guidance_scale=1.0, model_name="m",
+                              model_sha256="0" * 64)
+    huge = save_png(Image.new("RGB", (8, 8)), tmp_path / "huge.png", record)
+    start = time.monotonic()
+    assert main(["reproduce", str(huge), "--model", str(model_dir)]) == 2
+    assert "the record's prompt has 31200000 characters" in capsys.readouterr().err
+    assert time.monotonic() - start < 20
+
+    # a malformed record or XMP packet: exit 2 with the reason, not a traceback
+    small = ProvenanceRecord(prompt="a", seed=0, sampler="ddim", num_steps=2,
+                             guidance_scale=1.0, model_name="m", model_sha256="0" * 64)
+    for chunks, reason in [
+        ({"pictor.provenance": "[1, 2]"}, "not a JSON object"),
+        ({"pictor.provenance": '{"schema": "pictor.provenance/1"}'}, "lacks fields"),
+        ({"pictor.provenance": small.to_json(), XMP_KEY: "<x:xmpmeta>\x01</x:xmpmeta>"},
+         "not well-formed"),
+    ]:
+        info = PngImagePlugin.PngInfo()
+        for key, text in chunks.items():
+            info.add_itxt(key, text)
+        bad = tmp_path / "bad.png"
+        Image.new("RGB", (8, 8)).save(bad, pnginfo=info)
+        assert main(["inspect", str(bad)]) == 2, reason
+        assert reason in capsys.readouterr().err
+
+
 def test_explain_writes_strips_and_gif(model_dir, tmp_path, capsys):
     [image] = generate(model_dir, tmp_path, capsys, "-n", "1")
     strip = tmp_path / "forward.png"

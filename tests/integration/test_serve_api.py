@@ -158,9 +158,15 @@ def test_cancel_running_queued_and_finished(client):
     ({"prompt": "a red circle", "sampler": "nope"}, "unknown sampler 'nope'"),
     ({"prompt": "a red circle", "guidance": 1e6}, "guidance must be finite"),
     ({"prompt": "a red circle", "seed": -1}, "seed must lie in"),
+    ({"prompt": "a red\x00circle"}, "prompt holds NUL (U+0000) at position 5"),
+    ({"prompt": "a red circle", "negative_prompt": "\x1b[2J"},
+     "negative_prompt holds a control character (U+001B)"),
+    ({"prompt": "a \ud800 circle"}, "prompt holds a lone surrogate (U+D800)"),  # was 202, then 500
 ])
 def test_limits_give_422_with_the_reason(client, body, reason):
-    r = client.post("/v1/generations", json=body)
+    # json.dumps escapes a lone surrogate as \\ud800, as a hostile client would send it
+    r = client.post("/v1/generations", content=json.dumps(body),
+                    headers={"Content-Type": "application/json"})
     assert r.status_code == 422
     assert any(reason in d for d in r.json()["detail"]), r.json()
 

@@ -21,6 +21,7 @@ ALLOWED = {
     "samplers": {"diffusion"},
     "guidance": {"diffusion"},
     "provenance": set(),
+    "prompts": set(),
     "hardware": set(),
     "config": {"diffusion", "networks", "text", "data", "training"},
     "training": {"diffusion", "networks", "text", "data", "config", "samplers", "guidance",

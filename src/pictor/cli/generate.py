@@ -157,9 +157,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from pictor.prompts import check_prompt
     from pictor.provenance import save_png
 
     try:
+        check_prompt(args.prompt)
+        check_prompt(args.negative, "negative prompt")
         pipe, guidance = load_for_sampling(args)
         images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed,
                                num_steps=args.steps, sampler=args.sampler,
@@ -199,10 +202,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     from pictor.hardware import device_name
     from pictor.pipeline import layout_from_extra, load_pipeline
+    from pictor.prompts import check_prompt
     from pictor.provenance import read_provenance, save_png
 
     try:
         record = read_provenance(args.image)
+        check_prompt(record.prompt, "the record's prompt")
+        check_prompt(record.negative_prompt, "the record's negative prompt")
         pipe = load_pipeline(resolve_model_dir(args.model),
                              compute_dtype=record.extra.get("compute_dtype", "float32"))
     except (ValueError, OSError) as err:

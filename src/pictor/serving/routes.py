@@ -21,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pictor.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, DEFAULT_SAMPLER
+from pictor.prompts import prompt_problem
 from pictor.samplers import SAMPLERS
 from pictor.serving.batching import GenerationRequest, check_request
 from pictor.serving.jobs import Job, JobQueue, JobStatus, NotCancellable, QueueFull
@@ -61,9 +62,9 @@ def limit_violations(body: GenerationIn, settings: ServeSettings, num_timesteps:
     if not 1 <= body.steps <= max_steps:
         reasons.append(f"steps must lie in [1, {max_steps}], got {body.steps}")
     for name in ("prompt", "negative_prompt"):
-        length = len(getattr(body, name))
-        if length > s.max_prompt_chars:
-            reasons.append(f"{name} has {length} characters; the limit is {s.max_prompt_chars}")
+        problem = prompt_problem(getattr(body, name), name, s.max_prompt_chars)
+        if problem is not None:
+            reasons.append(problem)
     if not math.isfinite(body.guidance) or abs(body.guidance) > s.max_guidance_scale:
         reasons.append(f"guidance must be finite with |guidance| <= {s.max_guidance_scale}, "
                        f"got {body.guidance}")
