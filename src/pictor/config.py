@@ -449,7 +449,7 @@ def _convert_one(value: Any, tp: Any, where: str) -> Any:
         raise ValueError(f"{where}: expected a string, got {value!r}")
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value)  # override string such as "[0.9, 0.99]"
+            value = load_yaml(value, where)  # override string such as "[0.9, 0.99]"
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
@@ -464,7 +464,7 @@ def _convert_one(value: Any, tp: Any, where: str) -> Any:
                      enumerate(zip(value, args or [Any] * len(value), strict=True)))
     if origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = load_yaml(value, where)
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
@@ -524,6 +524,82 @@ def _deepcopy_dict(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _deepcopy_dict(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
+# ----------------------------------------------------------------------------------------------
+# YAML with limits: config files come from model folders and checkpoints that others hand over
+# ----------------------------------------------------------------------------------------------
+
+MAX_YAML_BYTES = 1 << 20   # a config is a few KB
+MAX_YAML_NODES = 100_000   # nodes after expanding aliases (a config has a few hundred)
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
+    """Nodes of the document with every alias expanded, counted without expanding them
+    (each node once, memoised): an alias bomb of 9 levels x 10 aliases is 10^9 nodes here."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ValueError("the YAML refers to itself (a recursive alias)")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_nodes(child, memo, active)
+        if total > MAX_YAML_NODES:
+            break
+    active.discard(key)
+    memo[key] = total
+    return total
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with limits: at most MAX_YAML_BYTES characters and MAX_YAML_NODES nodes
+    once aliases are expanded (an alias bomb in a model folder's config.yaml hung `pictor
+    generate` for minutes). ValueError naming `where` and the problem otherwise."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ValueError(f"{where}: {len(text)} characters, more than a config may have "
+                         f"({MAX_YAML_BYTES})")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_nodes(node, {}, set()) > MAX_YAML_NODES:
+            raise ValueError(f"more than {MAX_YAML_NODES} values once its aliases are "
+                             "expanded (an alias bomb?)")
+        return loader.construct_document(node)
+    except (yaml.YAMLError, ValueError, RecursionError) as error:
+        raise ValueError(f"{where}: not a usable YAML config ({type(error).__name__}: "
+                         f"{str(error)[:300]})") from None
+    finally:
+        loader.dispose()
+
+
+def read_text_limited(path: str | Path) -> str:
+    """The text of a regular file of at most MAX_YAML_BYTES bytes; ValueError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist or is not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(MAX_YAML_BYTES + 1)
+    if len(data) > MAX_YAML_BYTES:
+        raise ValueError(f"{path}: more than {MAX_YAML_BYTES} bytes, more than a config has")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from None
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """load_yaml of a regular file, reading at most MAX_YAML_BYTES + 1 bytes of it."""
+    return load_yaml(read_text_limited(path), str(path))
+
+
 def load_config(path: str | Path | None, cls: type[T] = TrainConfig,  # type: ignore[assignment]
                 overrides: list[str] | None = None) -> T:
     """Read YAML file `path` (None: all defaults), apply overrides, return a typed config."""
@@ -532,7 +608,7 @@ def load_config(path: str | Path | None, cls: type[T] = TrainConfig,  # type: ig
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {str(path)!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_file(path) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping of sections")
     data = apply_overrides(data, overrides or [], cls)
@@ -541,9 +617,14 @@ def load_config(path: str | Path | None, cls: type[T] = TrainConfig,  # type: ig
     return config
 
 
-def config_from_yaml_text(text: str, cls: type[T]) -> T:
-    """Parse a config saved by `dump_yaml` (checkpoints, run folders)."""
-    return from_dict(cls, yaml.safe_load(text) or {})
+def config_from_yaml_text(text: str, cls: type[T], where: str = "config") -> T:
+    """Parse a config saved by `dump_yaml` (checkpoints, run folders, model folders);
+    ValueError naming `where` and the problem when it is not one."""
+    data = load_yaml(text, where) or {}
+    try:
+        return from_dict(cls, data)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def dump_yaml(config: Any) -> str:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pictor.config import TrainConfig, config_from_yaml_text
+from pictor.config import TrainConfig, config_from_yaml_text, read_text_limited
 from pictor.diffusion.denoiser import Denoiser
 from pictor.diffusion.forward import q_sample
 from pictor.diffusion.schedules import NoiseSchedule
@@ -170,7 +170,8 @@ def resolve_model_files(model_dir: str | Path) -> tuple[Path, TrainConfig, Path 
                 f"model folder {str(model_dir)!r} has no {name} (looked for "
                 f"{str(model_dir / name)!r}); a model folder is a training run's final/ folder"
             )
-    config = config_from_yaml_text((model_dir / CONFIG_FILE).read_text(), TrainConfig)
+    config = config_from_yaml_text(read_text_limited(model_dir / CONFIG_FILE), TrainConfig,
+                                   where=str(model_dir / CONFIG_FILE))
     ae_path = None
     if config.latent_space.kind == "autoencoder":
         tried = [model_dir / AUTOENCODER_FILE]
@@ -761,6 +762,13 @@ def load_pipeline(model_dir: str | Path, device: str | torch.device = "cpu", *,
     resolve_compute_dtype(compute_dtype, device)  # a bad name fails before any loading
     model_dir, config, ae_path = resolve_model_files(model_dir)
     unet = load_module(UNet, UNetConfig, model_dir / UNET_FILE, map_location=device)
+    # the U-Net file carries its own config: it must fit the folder's (latents, text encoder)
+    differ = [f"{k}: {getattr(unet.config, k)} vs {getattr(config.model, k)}"
+              for k in ("in_channels", "out_channels", "context_dim")
+              if getattr(unet.config, k) != getattr(config.model, k)]
+    if differ:
+        raise ValueError(f"{model_dir / UNET_FILE} does not fit {model_dir / CONFIG_FILE} "
+                         f"({', '.join(differ)}): the folder mixes files of two models")
     unet = unet.to(device).eval().requires_grad_(False)
     codec = build_model_codec(config, ae_path, device)
     sha = _digest(_weight_files(model_dir, config, ae_path))

@@ -226,6 +226,43 @@ def test_hostile_prompts_and_records_exit_2_with_the_reason(model_dir, tmp_path,
         assert reason in capsys.readouterr().err
 
 
+def test_malformed_model_folders_exit_2_naming_the_file(model_dir, tmp_path, capsys):
+    import shutil
+    import time
+
+    from pictor.networks.io import save_module
+    from pictor.networks.unet import UNet, UNetConfig
+
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    unet = (model_dir / "unet.safetensors").read_bytes()
+    other = UNetConfig(channels=(8, 24), blocks_per_level=(1, 1), attention_levels=(1,),
+                       head_dim=8, time_embed_dim=16, context_dim=384)
+    cases = [
+        ("config.yaml", bomb, "alias bomb"),
+        ("config.yaml", "model: [1, 2\n", "not a usable YAML config"),
+        ("config.yaml", "model: {channels: many}\n", "model.channels"),
+        ("config.yaml", "- a list\n", "expected a mapping"),
+        ("unet.safetensors", unet[: len(unet) // 2], "SafetensorError"),
+        ("unet.safetensors", b"\x00" * 8 + unet[8:], "SafetensorError"),
+        ("unet.safetensors", None, "mixes files of two models"),  # another U-Net
+    ]
+    for name, content, problem in cases:
+        folder = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(model_dir, folder)
+        if content is None:
+            save_module(UNet(other), other, folder / name)
+        elif isinstance(content, str):
+            (folder / name).write_text(content)
+        else:
+            (folder / name).write_bytes(content)
+        start = time.monotonic()
+        assert main(["generate", PROMPT, "--model", str(folder), "-o", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert str(folder / name) in err and problem in err, (name, problem, err)
+        assert "Traceback" not in err and time.monotonic() - start < 30
+
+
 def test_explain_writes_strips_and_gif(model_dir, tmp_path, capsys):
     [image] = generate(model_dir, tmp_path, capsys, "-n", "1")
     strip = tmp_path / "forward.png"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,37 @@ def test_consistency_checks():
     with pytest.raises(ValueError, match="not divisible by latent_space.pixel_unshuffle_factor"):
         load_config(None, TrainConfig, ["--data.image_size=30",
                                         "--latent_space.pixel_unshuffle_factor=4"])
+
+
+def test_yaml_is_loaded_with_limits(tmp_path):
+    """An alias bomb, a recursive alias, deep nesting and a huge file are ValueErrors naming the
+    file, at once; ordinary YAML (aliases included) loads as yaml.safe_load would."""
+    import time
+
+    import yaml
+
+    from pictor.config import MAX_YAML_BYTES, load_yaml, read_yaml_file
+
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="bomb.yaml: .*alias bomb"):
+        load_yaml(bomb, "bomb.yaml")
+    assert time.monotonic() - start < 5  # 10^10 values once expanded
+    with pytest.raises(ValueError, match="refers to itself"):
+        load_yaml("a: &a [1, *a]\n", "loop.yaml")
+    with pytest.raises(ValueError, match="RecursionError|YAMLError"):
+        load_yaml("a: " + "[" * 50_000 + "]" * 50_000 + "\n", "deep.yaml")
+    with pytest.raises(ValueError, match="not a usable YAML config"):
+        load_yaml("a: [1, 2\nb: }", "broken.yaml")
+    big = tmp_path / "big.yaml"
+    big.write_text("a: " + "x" * MAX_YAML_BYTES + "\n")
+    with pytest.raises(ValueError, match="big.yaml: more than"):
+        read_yaml_file(big)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_yaml_file(fifo)
+    text = "base: &b {lr: 0.001, betas: [0.9, 0.99]}\nother: *b\nlist: [1, two, 3.5, null]\n"
+    assert load_yaml(text, "ok.yaml") == yaml.safe_load(text)
+    assert load_yaml("", "empty.yaml") is None

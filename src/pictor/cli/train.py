@@ -91,16 +91,14 @@ def run_export_model(args: argparse.Namespace) -> int:
 
 
 def _resolve_config(args: argparse.Namespace, cls: type):
-    from pictor.config import apply_overrides, from_dict, load_config, validate
+    from pictor.config import apply_overrides, from_dict, load_config, read_yaml_file, validate
 
     if args.config is None:
         if args.resume and args.resume != "latest":
-            import yaml
-
             saved = Path(args.resume) / "config.yaml"
             if not saved.is_file():
                 raise ValueError(f"{saved} does not exist; pass --config")
-            data = apply_overrides(yaml.safe_load(saved.read_text()) or {}, args.overrides, cls)
+            data = apply_overrides(read_yaml_file(saved) or {}, args.overrides, cls)
             config = from_dict(cls, data)
             validate(config)
             return config

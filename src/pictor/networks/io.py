@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -82,6 +82,8 @@ def read_config(config_cls: type[C], path: str | Path) -> C:
 def config_from_dict(config_cls: type[C], data: dict[str, Any]) -> C:
     """Rebuild a (flat) config dataclass from JSON data: lists become tuples where the field is a
     tuple; unknown keys are an error, missing keys keep their defaults (older files)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"stored config is a {type(data).__name__}, not a JSON object")
     hints = typing.get_type_hints(config_cls)
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(data) - names)
@@ -104,12 +106,41 @@ def _is_tuple_type(tp: Any) -> bool:
 
 def load_module(cls: type[M], config_cls: type, path: str | Path,
                 map_location: str | torch.device = "cpu") -> M:
-    """Build `cls(config)` from the config stored in `path` and load its weights (strict)."""
-    config = read_config(config_cls, path)
-    module = cls(config)
-    state = load_file(str(path), device=str(map_location))
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match {cls.__name__}({config_cls.__name__}): missing "
-                         f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+    """Build `cls(config)` from the config stored in `path` and load its weights (strict).
+
+    A damaged or hostile file is a ValueError naming it and the problem: a bad header, a
+    truncated file, a config that does not build, tensors missing, unexpected or of the wrong
+    shape. The module is first built on the meta device (no memory) and its shapes compared
+    with the file's header, so a config asking for a huge network allocates nothing unless the
+    file really holds those weights."""
+    try:
+        config = read_config(config_cls, path)
+        with torch.device("meta"):
+            skeleton = cls(config)
+        _check_shapes(skeleton, path, f"{cls.__name__}({config_cls.__name__})")
+        module = cls(config)
+        state = load_file(str(path), device=str(map_location))
+        module.load_state_dict(state, strict=True)
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"{path}: {error}") from None
+    except (SafetensorError, OSError, TypeError, KeyError, IndexError, RuntimeError,
+            AttributeError) as error:
+        raise ValueError(f"{path} is not a usable {cls.__name__} file "
+                         f"({type(error).__name__}: {str(error)[:300]})") from None
     return module
+
+
+def _check_shapes(skeleton: nn.Module, path: str | Path, what: str) -> None:
+    """ValueError unless the file's tensors are exactly the module's, shape for shape."""
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or unexpected or wrong:
+        shapes = [f"{k}: {found[k]} in the file, {expected[k]} in the model" for k in wrong[:3]]
+        raise ValueError(f"{path} does not match {what}: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, wrong shapes {shapes}")

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from pictor.config import dump_yaml, save_config
+from pictor.config import dump_yaml, load_yaml, save_config
 from pictor.data.loader import EpochSampler
 from pictor.hardware import has_native_bf16
 from pictor.training import checkpoints as ckpts
@@ -359,10 +359,10 @@ def _stop_nonfinite(what: str, value: float, step: int, last_ckpt: Path | None,
 
 def _check_compatible(config: Any, saved_yaml: str, path: Path) -> None:
     """A checkpoint's weights only load into the same model: say so clearly if they differ."""
-    import yaml
-
-    saved = yaml.safe_load(saved_yaml) or {}
-    now = yaml.safe_load(dump_yaml(config)) or {}
+    saved = load_yaml(saved_yaml, str(path / "config.yaml")) or {}
+    now = load_yaml(dump_yaml(config), "the current config") or {}
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path / 'config.yaml'} is not a mapping of config sections")
     if saved.get("model") != now.get("model"):
         raise ValueError(f"checkpoint {path} was trained with model config {saved.get('model')}, "
                          f"but the current config has {now.get('model')}; resume with the "

@@ -54,8 +54,43 @@ def test_wrong_config_class_and_missing_file(tmp_path):
                 AutoencoderConfig(channels=(8, 8)), path)
     with pytest.raises(ValueError, match="AutoencoderConfig, not a UNetConfig"):
         read_config(UNetConfig, path)
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(ValueError, match="nowhere.safetensors is not a usable UNet file "
+                       r"\(FileNotFoundError: no model file"):
         load_module(UNet, UNetConfig, tmp_path / "nowhere.safetensors")
+
+
+def test_damaged_and_hostile_files_are_value_errors_naming_the_file(tmp_path):
+    import json
+
+    good = tmp_path / "good.safetensors"
+    save_module(UNet(TINY_UNET), TINY_UNET, good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "header.safetensors").write_bytes(b"\xff" * 8 + data[8:])
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    # the right config, tensors of another shape
+    wide = UNetConfig(**{**TINY_UNET.__dict__, "channels": (16, 48)})
+    save_file({k: v.contiguous() for k, v in UNet(wide).state_dict().items()},
+              str(tmp_path / "shapes.safetensors"),
+              metadata={"config": json.dumps({**TINY_UNET.__dict__}),
+                        "config_class": "UNetConfig"})
+    # a config asking for a network of ~10^12 parameters over a file of a few KB: refused from
+    # the header, before a single weight is allocated
+    huge = {**TINY_UNET.__dict__, "channels": [2**20, 2**20]}
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "huge.safetensors"),
+              metadata={"config": json.dumps(huge), "config_class": "UNetConfig"})
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "list.safetensors"),
+              metadata={"config": "[1, 2]", "config_class": "UNetConfig"})
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "json.safetensors"),
+              metadata={"config": "{oops", "config_class": "UNetConfig"})
+    for name, problem in [("truncated", "SafetensorError"), ("header", "SafetensorError"),
+                          ("empty", "SafetensorError"), ("shapes", "wrong shapes"),
+                          ("huge", "missing"), ("list", "not a JSON object"),
+                          ("json", "Expecting property name")]:
+        path = tmp_path / f"{name}.safetensors"
+        with pytest.raises(ValueError, match=problem) as info:
+            load_module(UNet, UNetConfig, path)
+        assert str(path) in str(info.value), name
 
 
 def test_save_requires_a_dataclass_config(tmp_path):
