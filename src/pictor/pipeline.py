@@ -309,6 +309,9 @@ class Pipeline:
         # sees unboundedly many distinct prompts).
         self._embeddings: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.prompt_cache_size = PROMPT_CACHE_SIZE
+        # Keep frozen-encoder embeddings on disk between processes (bounded; the server turns
+        # it off unless asked, since entries hold prompts in plain text).
+        self.embedding_disk_cache = True
         self.compute_dtype = "float32"
         self.trace_after_calls = (None if os.environ.get("PICTOR_TRACE", "1") == "0"
                                   else TRACE_AFTER_CALLS)
@@ -438,7 +441,7 @@ class Pipeline:
         if prompt in cache:
             cache.move_to_end(prompt)
         else:
-            disk = self._embedding_disk_cache
+            disk = self._embedding_disk_cache if self.embedding_disk_cache else None
             hit = disk.get(prompt) if disk is not None else None
             if hit is None:
                 emb, mask = self._encode_new_prompt(prompt, disk)

@@ -301,3 +301,75 @@ def test_visible_mark_changes_only_a_corner_and_is_recorded(pipe):
     assert len(changed) > 0
     h, w = plain.shape[:2]
     assert changed[:, 0].min() >= h // 3 and changed[:, 1].min() >= w // 4  # bottom right
+
+
+def test_without_a_token_only_loopback_host_headers_are_answered(pipe):
+    """DNS rebinding: a page on evil.example re-pointed at 127.0.0.1 sends Host: evil.example."""
+    with running_server(settings(), pipe) as url:
+        port = url.rsplit(":", 1)[1]
+        client = httpx.Client(base_url=url, timeout=60)
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.nip.io",
+                     "localhost.evil.example", "0.0.0.0", "192.168.1.2"):
+            for path in ("/healthz", "/v1/models", "/"):
+                r = client.get(path, headers={"Host": host})
+                assert r.status_code == 403, (host, path)
+            assert "DNS rebinding" in r.json()["detail"]
+        r = client.post("/v1/generations", json={"prompt": "a", "steps": 2},
+                        headers={"Host": "evil.example"})
+        assert r.status_code == 403
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", "127.0.0.2",
+                     f"[::1]:{port}"):
+            assert client.get("/v1/models", headers={"Host": host}).status_code == 200, host
+    with running_server(settings(token=TOKEN), pipe) as url:  # the token protects instead
+        r = httpx.get(url + "/v1/models", headers={"Host": "evil.example",
+                                                   "Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200
+
+
+def _cached_prompts(root) -> set[str]:
+    from safetensors import safe_open
+
+    prompts = set()
+    for path in root.rglob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            prompts.add((f.metadata() or {}).get("prompt"))
+    return prompts
+
+
+def test_the_server_keeps_no_prompt_on_disk_unless_asked(pipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("PICTOR_CACHE_DIR", str(tmp_path / "cache"))
+    pipe.__dict__.pop("_embedding_disk_cache", None)  # re-read the cache folder
+    try:
+        for asked, prompt in [(False, "two red circles above a star"),
+                              (True, "three blue squares below a star")]:
+            with running_server(settings(embedding_disk_cache=asked), pipe) as url:
+                client = httpx.Client(base_url=url, timeout=60)
+                r = client.post("/v1/generations", json={"prompt": prompt, "steps": 2})
+                assert wait_for(client, r.json()["id"])["status"] == "succeeded"
+            assert (prompt in _cached_prompts(tmp_path / "cache")) is asked
+    finally:
+        pipe.__dict__.pop("_embedding_disk_cache", None)
+        pipe.embedding_disk_cache = True
+
+
+def test_retry_after_follows_the_measured_job_time(pipe):
+    import time
+
+    with running_server(settings(max_queued_jobs=1, max_batch_images=1), pipe) as url:
+        client = httpx.Client(base_url=url, timeout=60)
+        blocker = client.post("/v1/generations", json={"prompt": "three stars", "seed": 0, "n": 2,
+                                                       "steps": LONG_STEPS}).json()["id"]
+        wait_running(client, blocker)
+        time.sleep(1.0)  # some progress to measure
+        queued = client.post("/v1/generations", json={"prompt": "a red circle", "steps": 2})
+        assert queued.status_code == 202
+        r = client.post("/v1/generations", json={"prompt": "a red circle", "steps": 2})
+        asked_at = time.monotonic()
+        assert r.status_code == 429
+        retry_after = int(r.headers["retry-after"])
+        wait_for(client, blocker)  # the slot frees when the blocker ends
+        actual = time.monotonic() - asked_at
+        print(f"Retry-After {retry_after} s, the slot freed after {actual:.1f} s")
+        assert actual > 3  # the blocker is long enough for the estimate to mean something
+        assert 0.5 * actual - 1 <= retry_after <= 2 * actual + 1
+        wait_for(client, queued.json()["id"])

@@ -2,6 +2,7 @@
 
     pictor serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--token-file F]
                  [--visible-mark] [--max-batch-images 16] [--max-queued-jobs 32] [--fast-batching]
+                 [--embedding-disk-cache]
 
 Bound to loopback it runs without a token (unless --token-file is given, then the token is
 required there too); on any other address it refuses to start without --token-file. Open
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fast-batching", action="store_true",
                    help="one network call per batch: faster, but a few channel values may be "
                         "one level off a solo `pictor generate` (default: exact)")
+    p.add_argument("--embedding-disk-cache", action="store_true",
+                   help="keep prompt embeddings on disk between runs (bounded, least recently "
+                        "used out; entries hold prompts in plain text; default off)")
     p.set_defaults(func=run_serve)
 
 
@@ -53,7 +57,8 @@ def run_serve(args: argparse.Namespace) -> int:
                                  visible_mark=args.visible_mark,
                                  max_batch_images=args.max_batch_images,
                                  max_queued_jobs=args.max_queued_jobs,
-                                 exact_batching=not args.fast_batching)
+                                 exact_batching=not args.fast_batching,
+                                 embedding_disk_cache=args.embedding_disk_cache)
         settings.check()  # before the model loads: an unsafe address fails fast
         model_dir = resolve_model_dir(args.model)
         settings.model_dir = str(model_dir)

@@ -1,6 +1,7 @@
 """`create_app(settings, pipe)`: the FastAPI application of `pictor serve`.
 
-Layers, outermost first: BearerAuth (401; open: /healthz and the page shell), BodySizeLimit
+Layers, outermost first: LoopbackHostOnly (403 for a non-loopback Host header, when there is no
+token), BearerAuth (401; open: /healthz and the page shell), BodySizeLimit
 (413), the routes (pictor.serving.routes) and the static page (/ and /static/*). The JobQueue
 and its worker thread start and stop with the app's lifespan. /openapi.json is served (behind
 the token when there is one); the interactive /docs pages are off because they load their
@@ -20,7 +21,7 @@ from pictor import __version__
 from pictor.pipeline import Pipeline, load_pipeline
 from pictor.serving.jobs import JobQueue
 from pictor.serving.routes import router
-from pictor.serving.security import BearerAuth, BodySizeLimit
+from pictor.serving.security import BearerAuth, BodySizeLimit, LoopbackHostOnly
 from pictor.serving.settings import ServeSettings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -66,5 +67,7 @@ def create_app(settings: ServeSettings, pipe: Pipeline | None = None) -> FastAPI
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuth, token=settings.token, open_paths=OPEN_PATHS,
-                       open_prefixes=OPEN_PREFIXES)  # added last: runs first
+                       open_prefixes=OPEN_PREFIXES)
+    if settings.token is None:
+        app.add_middleware(LoopbackHostOnly)  # added last: runs first
     return app

@@ -117,6 +117,7 @@ class JobQueue:
         self.pipe, self.settings = pipe, settings
         # a server sees unboundedly many distinct prompts: bound the pipeline's embedding cache
         pipe.prompt_cache_size = settings.max_cached_prompts
+        pipe.embedding_disk_cache = settings.embedding_disk_cache
         self._lock = threading.Condition()
         self._queue: list[Job] = []
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -124,8 +125,10 @@ class JobQueue:
         self._running: list[Job] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
-        # exponential moving average of worker seconds per image, for Retry-After
+        # exponential moving averages of worker seconds per image and per image-step (None
+        # until a batch has run), for Retry-After and /healthz
         self.seconds_per_image = 1.0
+        self.seconds_per_image_step: float | None = None
         self.images_done = 0
         self.batches_done = 0
 
@@ -217,11 +220,21 @@ class JobQueue:
 
     # ------------------------------------------------------------------ bookkeeping
     def _retry_after_seconds(self) -> int:
-        """A guess at when a queue slot frees: what is left of the running batch."""
-        running = sum(j.request.num_images * (1 - j.progress) for j in self._running)
-        head = self._queue[0].request.num_images if self._queue else 1
-        seconds = self.seconds_per_image * max(running, head)
-        return int(min(60, max(1, math.ceil(seconds))))
+        """When a queue slot frees: when the running batch ends and the worker takes the next
+        jobs off the queue (call with the lock held). Measured on the running batch itself
+        (time so far x work left / work done); before it has done a step, the measured seconds
+        per image-step of earlier batches x its work. A slot was said to free after 1 s when a
+        job took 6 s: seconds per image ignored the number of steps. Clamped to [1, 600]."""
+        now, remaining = time.time(), 0.0
+        for job in self._running:
+            r = job.request
+            if job.started_at is not None and job.progress > 0:
+                left = (now - job.started_at) * (1 - job.progress) / job.progress
+            else:
+                rate = self.seconds_per_image_step or 0.0
+                left = rate * r.num_images * r.num_steps * (1 - job.progress)
+            remaining = max(remaining, left)
+        return int(min(600, max(1, math.ceil(remaining))))
 
     def _finish(self, job: Job, status: JobStatus, error: str | None = None) -> None:
         """Mark a job finished and tell its subscribers (call with the lock held)."""
@@ -368,9 +381,13 @@ class JobQueue:
                 job.progress, job.step = 1.0, job.request.num_steps
                 self._finish(job, JobStatus.SUCCEEDED)
         num_images = sum(r.num_images for r in requests)
-        seconds = (time.perf_counter() - started) / max(1, num_images)
+        elapsed = time.perf_counter() - started
+        seconds = elapsed / max(1, num_images)
+        per_step = elapsed / max(1, sum(r.num_images * r.num_steps for r in requests))
         with self._lock:
             self.seconds_per_image = 0.7 * self.seconds_per_image + 0.3 * seconds
+            self.seconds_per_image_step = per_step if self.seconds_per_image_step is None \
+                else 0.7 * self.seconds_per_image_step + 0.3 * per_step
             self.images_done += num_images
             self.batches_done += 1
 

@@ -1,4 +1,10 @@
-"""Two ASGI middlewares in front of every route: a bearer token and a request-body cap.
+"""Three ASGI middlewares in front of every route: loopback Host names without a token, a
+bearer token and a request-body cap.
+
+- `LoopbackHostOnly`: a server without a token answers only requests whose Host header names
+  a loopback address (localhost, 127.0.0.0/8, [::1]), any port; others get 403. Without it a
+  web page could reach the server by DNS rebinding: its own name, re-pointed at 127.0.0.1,
+  makes the browser send same-origin requests that carry `Host: evil.example`.
 
 - `BearerAuth`: when a token is configured, every HTTP request except the open paths (/healthz
   and the static page shell, which holds no data) must carry `Authorization: Bearer <token>`,
@@ -19,6 +25,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from starlette.exceptions import HTTPException
+
+from pictor.serving.settings import is_loopback_host
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -81,6 +89,37 @@ class BearerAuth:
                 send, 401, {"detail": "missing or wrong bearer token: send the header "
                                       "'Authorization: Bearer <token>'"},
                 [(b"www-authenticate", b'Bearer realm="pictor"')])
+        return await self.app(scope, receive, send)
+
+
+def host_name(host_header: str) -> str:
+    """The name of a Host header value: "[::1]:8000" -> "::1", "LocalHost.:80" -> "localhost"."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1:host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+class LoopbackHostOnly:
+    """403 unless the Host header names a loopback address (see the module docstring). Used
+    only when the server has no token (which ServeSettings.check allows on loopback only)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        host = _header(scope, b"host")
+        if host is None or not is_loopback_host(host_name(host)):
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
+            return await send_json(
+                send, 403, {"detail": f"Host {host!r} is not a loopback name: without a token "
+                                      "this server answers only requests addressed to "
+                                      "localhost, 127.0.0.1 or [::1] (DNS rebinding)"})
         return await self.app(scope, receive, send)
 
 

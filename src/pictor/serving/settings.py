@@ -89,6 +89,9 @@ class ServeSettings:
     max_retained_jobs: int = 256
     # Text embeddings kept per distinct prompt (the pipeline's cache is trimmed to this).
     max_cached_prompts: int = 1024
+    # Also keep them on disk between runs (bounded LRU, pictor.text.encoders.EmbeddingDiskCache).
+    # Off by default: every entry holds a client's prompt in plain text.
+    embedding_disk_cache: bool = False
 
     def check(self) -> None:
         """ValueError with what to do when the settings are unsafe or inconsistent."""

@@ -223,15 +223,28 @@ def frozen_encoder_identity(spec: str, max_length: int) -> str | None:
     return f"{folder.resolve()}|max_length={max_length}|{stats}"
 
 
+# Bounds of one encoder's embedding cache (~50 KB an entry for MiniLM at 32 tokens): past
+# either, the least recently used entries are deleted.
+DISK_CACHE_MAX_ENTRIES = 2000
+DISK_CACHE_MAX_BYTES = 128 * 2**20
+
+
 class EmbeddingDiskCache:
     """(emb (1, L, D), mask (1, L)) per prompt in `root/<identity hash>/<prompt hash>.safetensors`.
     The stored tensors are the encoder's output bit for bit, so images made from a cached
     embedding equal images made from a fresh one. Unreadable or mismatched entries count as
-    misses; a cache that cannot be written (read-only home) is silently skipped."""
+    misses; a cache that cannot be written (read-only home) is silently skipped.
 
-    def __init__(self, root: str | Path, identity: str) -> None:
+    Bounded: at most `max_entries` files and `max_bytes` bytes, least recently used out (a hit
+    touches its file's mtime; each write trims the oldest). Entries hold their prompt in plain
+    text, so the server keeps none unless asked (ServeSettings.embedding_disk_cache)."""
+
+    def __init__(self, root: str | Path, identity: str, *,
+                 max_entries: int = DISK_CACHE_MAX_ENTRIES,
+                 max_bytes: int = DISK_CACHE_MAX_BYTES) -> None:
         self.identity = identity
         self.folder = Path(root) / "text" / hashlib.sha256(identity.encode()).hexdigest()[:24]
+        self.max_entries, self.max_bytes = max_entries, max_bytes
 
     def _path(self, prompt: str) -> Path:
         return self.folder / f"{hashlib.sha256(prompt.encode()).hexdigest()[:32]}.safetensors"
@@ -245,9 +258,12 @@ class EmbeddingDiskCache:
                 meta = f.metadata() or {}
                 if meta.get("prompt") != prompt or meta.get("identity") != self.identity:
                     return None
-                return f.get_tensor("emb"), f.get_tensor("mask").bool()
+                hit = f.get_tensor("emb"), f.get_tensor("mask").bool()
         except Exception:  # noqa: BLE001 - a damaged entry is a miss, never an error
             return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: the last to be trimmed
+        return hit
 
     def put(self, prompt: str, emb: torch.Tensor, mask: torch.Tensor) -> None:
         path = self._path(prompt)
@@ -261,6 +277,25 @@ class EmbeddingDiskCache:
         except Exception:  # noqa: BLE001 - a cache must never stop a generation
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+            return
+        self.trim()
+
+    def trim(self) -> list[Path]:
+        """Delete the least recently used entries beyond max_entries / max_bytes; the deleted."""
+        entries = []
+        for path in self.folder.glob("*.safetensors"):
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                entries.append((st.st_mtime_ns, st.st_size, path))
+        entries.sort(reverse=True)  # newest first
+        kept_bytes, deleted = 0, []
+        for index, (_, size, path) in enumerate(entries):
+            kept_bytes += size
+            if index >= self.max_entries or kept_bytes > self.max_bytes:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    deleted.append(path)
+        return deleted
 
 
 # ----------------------------------------------------------------------------------------------

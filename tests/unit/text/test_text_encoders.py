@@ -261,3 +261,26 @@ def test_frozen_encoder_identity_follows_the_folder_and_max_length(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"12345")  # new weights
     assert frozen_encoder_identity(str(tmp_path), 16) != a
     assert frozen_encoder_identity(TRAINABLE_SPEC, 16) is None
+
+
+def test_embedding_disk_cache_is_bounded_least_recently_used_out(tmp_path):
+    import os
+
+    from pictor.text.encoders import EmbeddingDiskCache
+
+    emb, mask = torch.randn(1, 8, 16), torch.ones(1, 8, dtype=torch.bool)
+    cache = EmbeddingDiskCache(tmp_path, "encoder-a", max_entries=3, max_bytes=10**9)
+    for i in range(3):
+        cache.put(f"prompt {i}", emb, mask)
+        os.utime(cache._path(f"prompt {i}"), ns=(10**18 + i, 10**18 + i))  # distinct ages
+    assert cache.get("prompt 0") is not None  # now the most recently used
+    cache.put("prompt 3", emb, mask)
+    kept = {p for p in (f"prompt {i}" for i in range(4)) if cache.get(p) is not None}
+    assert kept == {"prompt 0", "prompt 2", "prompt 3"}  # prompt 1 was the least recent
+    entry_bytes = cache._path("prompt 0").stat().st_size
+    small = EmbeddingDiskCache(tmp_path / "b", "encoder-a", max_entries=100,
+                               max_bytes=2 * entry_bytes + 10)
+    for i in range(5):
+        small.put(f"prompt {i}", emb, mask)
+    files = list(small.folder.glob("*.safetensors"))
+    assert len(files) == 2 and sum(f.stat().st_size for f in files) <= small.max_bytes
