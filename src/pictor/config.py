@@ -93,7 +93,11 @@ class DiffusionConfig:
 
 @dataclass
 class OptimizerConfig:
-    # AdamW (Loshchilov & Hutter 2019) peak learning rate.
+    # "adamw" (Loshchilov & Hutter 2019), or "sgd": SGD with momentum betas[0], whose update is
+    # linear in the gradient (the DDP equivalence test uses it: Adam turns the rounding noise
+    # of an exactly-zero gradient into a +-lr step whose sign depends on summation order).
+    name: Literal["adamw", "sgd"] = "adamw"
+    # Peak learning rate.
     lr: float = 2e-4
     # Adam moment decay rates (beta1, beta2).
     betas: tuple[float, float] = (0.9, 0.999)

@@ -65,7 +65,15 @@ def test_eval_writes_every_report_file(model_dir, random_model_dir, tmp_path, ca
                         "compute_dtype": settings["compute_dtype"], "layout": True}
     assert settings["compute_dtype"] in ("float32", "bfloat16")
     main = data["models"][0]
-    assert 0.0 <= main["scores"]["overall"] <= 1.0 and len(main["intervals_95"]) == 7
+    # the scores are the pass rates of the listed images (not merely numbers in [0, 1])
+    outcomes: dict[str, list[bool]] = {}
+    for image in main["images"]:
+        outcomes.setdefault(image["category"], []).append(image["passed"])
+    rates = {c: sum(v) / len(v) for c, v in outcomes.items()}
+    assert len(rates) == 6
+    assert {c: main["scores"][c] for c in rates} == pytest.approx(rates)
+    assert main["scores"]["overall"] == pytest.approx(sum(rates.values()) / 6)
+    assert len(main["intervals_95"]) == 7
     assert main["distribution"]["num_images"] == n_images and main["diversity"] is not None
     assert data["floors"]["16"]["num_images"] == n_images
     assert [p["value"] for p in data["sweeps"]["steps"]] == [1, 2]

@@ -14,13 +14,16 @@ from pictor.training.checkpoints import find_latest, load_checkpoint
 from pictor.training.metrics import read_metrics
 from pictor.training.trainer import train
 
-# Adam maps float-noise gradients to +-lr steps (a conv bias right before a GroupNorm has an
-# exactly-zero true gradient, so its computed gradient is pure rounding noise whose sign differs
-# between 1 and 2 processes). A larger eps keeps such updates tiny, so the comparison is about
-# the gradients the two set-ups compute.
+# SGD, whose update is linear in the gradient: the two set-ups sum the same float32 gradients
+# in another order (2 ranks x 2 micro-batches of 2 vs one batch of 8), which moves each sum by
+# a few ulps (relative ~1e-7), and a linear update keeps that relative size over 12 steps, so
+# rtol 1e-4 is ~1000x the expected difference. (Adam would not do: a conv bias right before a
+# GroupNorm has an exactly-zero true gradient, whose computed value is rounding noise, and Adam
+# turns its sign into a +-lr step.) lr 0.05 without warm-up makes every weight move far more
+# than the tolerance (checked below), so equality is not met by standing still.
 COMMON = [*MICRO_MODEL, "--training.batch_size=8", "--training.max_steps=12",
           "--training.checkpoint_every_steps=6", "--training.log_every_steps=1",
-          "--optimizer.eps=1e-3"]
+          "--optimizer.name=sgd", "--optimizer.lr=0.05", "--optimizer.warmup_steps=0"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,9 @@ def test_two_processes_equal_one(data, tmp_path):
 
     ddp = load_checkpoint(find_latest(out / "checkpoints"))
     assert ddp.step == 12
+    halfway = load_checkpoint(out / "checkpoints" / "step_000000006")
+    moved = max(float((ddp.model[k] - halfway.model[k]).abs().max()) for k in ddp.model)
+    assert moved > 1e-3  # 100x the tolerance: the comparison below is not met by standing still
     for name, value in single.model.state_dict().items():
         torch.testing.assert_close(ddp.model[name], value, rtol=1e-4, atol=1e-5,
                                    msg=f"weights differ: {name}")

@@ -185,10 +185,7 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
     model.to(device)
     ema = EMA(model, decay=tcfg.ema_decay, halflife_steps=tcfg.ema_halflife_steps,
               warmup=tcfg.ema_warmup)
-    # foreach: one multi-tensor kernel per update instead of a Python loop over parameters
-    # (torch's default on CPU is the loop); deterministic either way.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=tuple(ocfg.betas),
-                                  weight_decay=ocfg.weight_decay, eps=ocfg.eps, foreach=True)
+    optimizer = build_optimizer(model, ocfg)
     generator = torch.Generator().manual_seed(tcfg.seed)
     sampler = EpochSampler(task.num_examples, seed=tcfg.seed)
 
@@ -355,6 +352,17 @@ def _stop_nonfinite(what: str, value: float, step: int, last_ckpt: Path | None,
         f"training stopped without writing a checkpoint, and {where}. Lower optimizer.lr, "
         f"keep training.grad_clip_norm set, or check the data, then continue with "
         f"--resume latest.")
+
+
+def build_optimizer(model: nn.Module, ocfg: Any) -> torch.optim.Optimizer:
+    """The optimizer of optimizer.name. foreach: one multi-tensor kernel per update instead of
+    a Python loop over parameters (torch's default on CPU is the loop); deterministic either
+    way."""
+    if ocfg.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=ocfg.lr, momentum=ocfg.betas[0],
+                               weight_decay=ocfg.weight_decay, foreach=True)
+    return torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=tuple(ocfg.betas),
+                             weight_decay=ocfg.weight_decay, eps=ocfg.eps, foreach=True)
 
 
 def _check_compatible(config: Any, saved_yaml: str, path: Path) -> None:
