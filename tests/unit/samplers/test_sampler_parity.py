@@ -7,7 +7,8 @@ Setup shared by every case:
 - diffusers configured identically: timestep_spacing="trailing" (our default; Euler's default
   "linspace" is tested separately), clip_sample=False,
   set_alpha_to_one=True (DDIM), final_sigmas_type="zero" (its default for DPM/Euler).
-Tolerance 1e-5 max abs on the final sample. The observed gap (~3e-7) is diffusers' own float32:
+Every sampler runs with each prediction type: eps ("epsilon"), v ("v_prediction") and x0
+(diffusers' "sample"). Tolerance 1e-5 max abs on the final sample. The observed gap (~3e-7) is diffusers' own float32:
 DPMSolverMultistep and EulerDiscrete cast the sample and their sigmas to float32 in every step.
 
 Named differences and how each test bridges them:
@@ -44,7 +45,7 @@ from pictor.samplers.common import timestep_grid
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 TOLERANCE = 1e-5
-DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction"}
+DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 SEED = 1234
 
 
@@ -90,7 +91,7 @@ def _max_abs(a, b):
 
 
 STEPS = [10, 25, 50]
-PREDICTIONS = ["eps", "v"]
+PREDICTIONS = ["eps", "v", "x0"]
 
 
 @pytest.mark.parametrize("num_steps", STEPS)
