@@ -90,6 +90,10 @@ class Job:
     batch_num_images: int = 0  # images in that sampler call
     images: list[StoredImage] = field(default_factory=list)
     key: tuple[Any, ...] | None = None  # batch key, computed by the worker (it encodes text)
+    # seconds per unit of progress over the latest steps (moving average) and when progress
+    # last moved: what is left of the job, for Retry-After
+    seconds_per_progress: float | None = None
+    progress_at: float | None = None
     subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = field(
         default_factory=list)
 
@@ -221,15 +225,17 @@ class JobQueue:
     # ------------------------------------------------------------------ bookkeeping
     def _retry_after_seconds(self) -> int:
         """When a queue slot frees: when the running batch ends and the worker takes the next
-        jobs off the queue (call with the lock held). Measured on the running batch itself
-        (time so far x work left / work done); before it has done a step, the measured seconds
-        per image-step of earlier batches x its work. A slot was said to free after 1 s when a
-        job took 6 s: seconds per image ignored the number of steps. Clamped to [1, 600]."""
-        now, remaining = time.time(), 0.0
+        jobs off the queue (call with the lock held). Measured on the running batch itself:
+        its recent seconds per step (a moving average, so the slower first steps, which trace
+        the network, fade out) x the steps left; before two steps have run, the measured
+        seconds per image-step of earlier batches x its work. A slot was said to free after
+        1 s when a job took 6 s: seconds per image ignored the number of steps. Clamped to
+        [1, 600]."""
+        remaining = 0.0
         for job in self._running:
             r = job.request
-            if job.started_at is not None and job.progress > 0:
-                left = (now - job.started_at) * (1 - job.progress) / job.progress
+            if job.seconds_per_progress is not None:
+                left = job.seconds_per_progress * (1 - job.progress)
             else:
                 rate = self.seconds_per_image_step or 0.0
                 left = rate * r.num_images * r.num_steps * (1 - job.progress)
@@ -341,7 +347,12 @@ class JobQueue:
                     if job.cancel_requested:
                         self._finish(job, JobStatus.CANCELLED)
                         continue
-                    job.progress = progress[r]
+                    now = time.time()
+                    if job.progress_at is not None and progress[r] > job.progress:
+                        rate = (now - job.progress_at) / (progress[r] - job.progress)
+                        job.seconds_per_progress = rate if job.seconds_per_progress is None \
+                            else 0.8 * job.seconds_per_progress + 0.2 * rate
+                    job.progress, job.progress_at = progress[r], now
                     job.step = (steps_seen[r] - 1) % job.request.num_steps + 1
                     event = {"id": job.id, "step": job.step,
                              "num_steps": job.request.num_steps,
