@@ -492,7 +492,7 @@ def prepare_batch(batch: pa.RecordBatch | pa.Table, options: PrepareOptions) -> 
     """A batch of raw records -> the batch of prepared records, same order; each record runs
     under the time and memory limits of pictor.data.isolation."""
     rows = run_isolated(batch.to_pylist(), lambda raw: prepare_record(raw, options),
-                        PREPARED_SCHEMA, failed_record,
+                        failed_record,
                         timeout_seconds=options.record_timeout_seconds,
                         memory_bytes=options.max_record_memory_bytes)
     return pa.RecordBatch.from_pylist(rows, schema=PREPARED_SCHEMA)

@@ -8,13 +8,9 @@ import os
 import signal
 import time
 
-import pyarrow as pa
 import pytest
 
-from pictor.data.isolation import run_isolated
-
-SCHEMA = pa.schema([("item", pa.int64()), ("value", pa.string()), ("reason", pa.string()),
-                    ("detail", pa.string())])
+from pictor.data.isolation import decode_row, encode_row, run_isolated
 
 
 def work(item: int) -> dict:
@@ -43,7 +39,7 @@ def fragile(item: int) -> dict:
 @pytest.mark.timeout(60)
 def test_each_failure_costs_its_own_item_only():
     start = time.monotonic()
-    rows = run_isolated(list(range(8)), fragile, SCHEMA, failed, timeout_seconds=1.5,
+    rows = run_isolated(list(range(8)), fragile, failed, timeout_seconds=1.5,
                         memory_bytes=64 * 2**20)
     elapsed = time.monotonic() - start
     assert [r["item"] for r in rows] == list(range(8))
@@ -58,5 +54,12 @@ def test_each_failure_costs_its_own_item_only():
 
 def test_parent_memory_is_untouched_by_the_limit():
     # the limit applies to the child only: the parent can still allocate past it afterwards
-    run_isolated([0], fragile, SCHEMA, failed, timeout_seconds=10, memory_bytes=2**20)
+    run_isolated([0], fragile, failed, timeout_seconds=10, memory_bytes=2**20)
     assert len(bytearray(64 * 2**20)) == 64 * 2**20
+
+
+def test_rows_cross_the_pipe_unchanged():
+    row = {"key": "a\nb \ud800", "image": b"\x00\xff" * 1000, "width": 64, "none": None,
+           "empty": b"", "caption": "ünï 🙂", "ratio": 0.5, "ok": True}
+    frame = encode_row(row)
+    assert decode_row(frame[8:]) == row and list(decode_row(frame[8:])) == list(row)
