@@ -117,3 +117,32 @@ def test_a_layout_prior_learns_where_the_words_go(data, tmp_path):
     with pytest.raises(ValueError, match="give the model one"):
         DiffusionTask(tiny_config(*data, tmp_path / "b", "--training.layout_prior_loss_weight=1"),
                       DistInfo())
+
+
+def test_train_layout_prior_trains_the_prior_alone(data, tmp_path):
+    """`pictor train-layout-prior`: only the prior's weights change, its loss falls, the folder
+    keeps its files and storage dtype; a model without a prior is a clear error."""
+    from safetensors.torch import load_file
+
+    from pictor.cli.main import main
+    from pictor.training.export import export_model
+    from pictor.training.layout_prior import LayoutPriorRun, train_layout_prior
+
+    run = tmp_path / "run"
+    train(tiny_config(*data, run, "--model.layout_prior_width=16", "--model.layout_prior_heads=2",
+                      "--training.max_steps=2", "--training.checkpoint_every_steps=0"))
+    model = export_model(run, tmp_path / "model", dtype="float16")
+    out = train_layout_prior(model, data[0], tmp_path / "out",
+                             LayoutPriorRun(steps=40, batch_size=32, lr=3e-3, log_every=10),
+                             cache_dir=data[1], progress=False)
+    before, after = load_file(str(model / "unet.safetensors")), load_file(str(out / "unet.safetensors"))
+    assert after.keys() == before.keys() and {v.dtype for v in after.values()} == {torch.float16}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("layout_prior.") for k in changed)
+    log = [json.loads(line) for line in (out / "layout_prior_log.jsonl").open()]
+    assert log[-1]["layout_prior_loss"] < log[0]["layout_prior_loss"] - 0.05
+    assert {p.name for p in model.iterdir()} <= {p.name for p in out.iterdir()}
+    plain = tmp_path / "plain"
+    train(tiny_config(*data, plain, "--training.max_steps=1", "--training.checkpoint_every_steps=0"))
+    assert main(["train-layout-prior", str(plain / "final"), "--data", str(data[0]), "-o",
+                 str(tmp_path / "x"), "--steps", "1"]) == 2

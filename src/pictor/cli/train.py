@@ -64,6 +64,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="model folder to start from (sets reward.init_from)")
     p.set_defaults(func=run_finetune)
     p = subparsers.add_parser(
+        "train-layout-prior",
+        help="Train a model's learned layout prior from text and masks alone (minutes).",
+        description="Train the layout prior of MODEL_DIR (model.layout_prior_width > 0) on a "
+                    "shapes-world data set made by `pictor data synth`; the U-Net is untouched. "
+                    "Writes MODEL_DIR with the new prior to OUT.")
+    p.add_argument("model", type=Path, help="model folder with a layout prior")
+    p.add_argument("--data", type=Path, required=True, help="shapes-world data set (synth)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--cache-dir", type=Path, default=Path("data/cache"),
+                   help="text-embedding cache (the one `pictor train` fills; default data/cache)")
+    p.set_defaults(func=run_train_layout_prior)
+    p = subparsers.add_parser(
         "export-model", help="Make a model folder (to ship or serve) from a finished run.",
         description="Copy RUN/final plus the training log, loss curve and last validation grid "
                     "into OUT; optionally store the weights in float16. --checkpoint exports a "
@@ -76,6 +90,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="export RUN/checkpoints/step_STEP (its EMA weights), 'latest', or a "
                         "checkpoint folder, instead of RUN/final")
     p.set_defaults(func=run_export_model)
+
+
+def run_train_layout_prior(args: argparse.Namespace) -> int:
+    from pictor.training.layout_prior import LayoutPriorRun, train_layout_prior
+
+    try:
+        if args.steps < 1 or not args.lr > 0:
+            raise ValueError("--steps must be >= 1 and --lr > 0")
+        train_layout_prior(args.model, args.data, args.out,
+                           LayoutPriorRun(steps=args.steps, lr=args.lr), cache_dir=args.cache_dir)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_export_model(args: argparse.Namespace) -> int:
