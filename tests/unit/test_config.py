@@ -9,6 +9,7 @@ import pytest
 
 from pictor.config import (
     AutoencoderTrainConfig,
+    FinetuneConfig,
     TrainConfig,
     config_from_yaml_text,
     dump_yaml,
@@ -31,6 +32,8 @@ def test_defaults_round_trip_through_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("name,cls", [("tiny.yaml", TrainConfig), ("shapes.yaml", TrainConfig),
+                                      ("shapes-para.yaml", TrainConfig),
+                                      ("reward.yaml", FinetuneConfig),
                                       ("autoencoder.yaml", AutoencoderTrainConfig)])
 def test_shipped_configs_load_and_round_trip(name, cls, tmp_path):
     config = load_config(CONFIGS / name, cls)
