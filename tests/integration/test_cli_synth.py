@@ -37,7 +37,8 @@ def read_metadata(folder) -> list[dict]:
 
 def test_cli_synth_writes_images_with_true_captions(tmp_path):
     out = tmp_path / "tmp"
-    result = run_cli("data", "synth", "--num-images", "50", "--out", str(out), "--workers", "2")
+    result = run_cli("data", "synth", "--num-images", "50", "--out", str(out), "--workers", "2",
+                     "--captions", "canonical")
     assert result.returncode == 0, result.stderr
     assert "wrote 50 images" in result.stdout
     records = read_metadata(out)
@@ -201,7 +202,7 @@ def test_images_do_not_depend_on_the_caption_mode(tmp_path, fmt):
 def test_cli_synth_captions_flags(tmp_path):
     out = tmp_path / "para"
     result = run_cli("data", "synth", "--num-images", "12", "--out", str(out), "--quiet",
-                     "--workers", "1", "--captions", "mix", "--canonical-share", "0")
+                     "--workers", "1", "--canonical-share", "0")  # mix is the default
     assert result.returncode == 0, result.stderr
     assert "mix captions" in result.stdout
     records = read_metadata(out)
@@ -209,7 +210,7 @@ def test_cli_synth_captions_flags(tmp_path):
     config = json.loads((out / "synth_config.json").read_text())
     assert config["captions"] == "mix" and config["canonical_share"] == 0.0
     bad = run_cli("data", "synth", "--num-images", "3", "--out", str(tmp_path / "x"),
-                  "--canonical-share", "0.5")
+                  "--captions", "canonical", "--canonical-share", "0.5")
     assert bad.returncode == 2 and "--captions mix" in bad.stderr
     bad = run_cli("data", "synth", "--num-images", "3", "--out", str(tmp_path / "y"),
                   "--captions", "mix", "--canonical-share", "2")

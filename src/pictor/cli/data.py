@@ -53,10 +53,10 @@ def _add_synth(subcommands: argparse._SubParsersAction) -> None:
                         help="imagefolder: PNGs + metadata.jsonl (default); shards: Parquet "
                         "shards + manifest.json, as `pictor data prepare` writes")
     parser.add_argument("--captions", choices=("canonical", "paraphrase", "mix"),
-                        default="canonical",
-                        help="canonical: the canonical grammar (default); paraphrase: everyday "
-                        "training phrasings of it (docs/captions.md); mix: both, see "
-                        "--canonical-share. The images do not depend on it")
+                        default="mix",
+                        help="canonical: the canonical grammar; paraphrase: everyday training "
+                        "phrasings of it (docs/captions.md); mix (default, what shapes-v11 was "
+                        "trained on): both, see --canonical-share. The images do not depend on it")
     parser.add_argument("--canonical-share", type=float, default=None,
                         help="with --captions mix: share of canonical captions (default 0.3)")
     parser.add_argument("--overwrite", action="store_true", help="rewrite an existing data set")
