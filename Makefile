@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-slow lint bench clean-venv
+.PHONY: demo test test-fast test-slow lint bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: $(VENV)/.installed
 	$(PY) -m pictor.cli.demo
 
 test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "slow or not slow"
+
+test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 test-slow: $(VENV)/.installed
