@@ -56,14 +56,7 @@ from pictor.data.emoji_packages import (
     valid_hexcode,
     valid_image_name,
 )
-from pictor.data.emoji_split import (
-    COMPOSITION_SHARE,
-    SPLITS,
-    STYLE_SHARE,
-    UNSEEN_SHARE,
-    Drawing,
-    assign_splits,
-)
+from pictor.data.emoji_split import SPLITS, Drawing, SplitShares, assign_splits
 from pictor.data.files import UnsafeFile
 from pictor.data.isolation import run_isolated
 from pictor.data.prepare import (
@@ -339,8 +332,10 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def import_emoji(sources: list[str], out_dir: str, *, seed: int = 0,
                  background: tuple[int, int, int] = DEFAULT_BACKGROUND,
-                 overwrite: bool = False, progress: bool = True) -> ImportSummary:
-    """Import emoji packages (tarballs or folders) into `out_dir` (module docstring)."""
+                 shares: SplitShares = SplitShares(), overwrite: bool = False,
+                 progress: bool = True) -> ImportSummary:
+    """Import emoji packages (tarballs or folders) into `out_dir` (module docstring); `seed`
+    and `shares` decide the held-out split (pictor.data.emoji_split)."""
     start = time.perf_counter()
     if not sources:
         raise ValueError("give at least one package: a .tgz tarball or an unpacked folder")
@@ -398,7 +393,7 @@ def import_emoji(sources: list[str], out_dir: str, *, seed: int = 0,
                                   error.detail))
     good.sort(key=lambda e: e.key)
     splits = assign_splits([Drawing(e.identity, e.tones, STYLES[e.vendor].style_id)
-                            for e in good], seed)
+                            for e in good], seed, shares)
     good, splits = drop_seen_pixels(good, splits, rendered, rejects)
     vendors = sorted({e.vendor for e in good}, key=list(STYLES).index)
     attribution = attribution_text(vendors, source_info)
@@ -436,8 +431,7 @@ def import_emoji(sources: list[str], out_dir: str, *, seed: int = 0,
                   for s in SPLITS}
     summary = ImportSummary(
         sources=source_info, image_size=IMAGE_SIZE_PX, background=list(background), seed=seed,
-        split_shares={"unseen": UNSEEN_SHARE, "style": STYLE_SHARE,
-                      "composition": COMPOSITION_SHARE},
+        split_shares=asdict(shares),
         counts=counts, identities=identities,
         rejected=dict(sorted(Counter(r["reason"] for r in rejects).items())),
         seconds=round(time.perf_counter() - start, 1))

@@ -18,9 +18,9 @@ The three held-out groups take disjoint identities. Assignment is by hash, not b
 stream: u(identity) = sha256("pictor-emoji-split:<seed>:<purpose>:<identity>") read as a
 number in [0, 1). An identity's split therefore depends only on the seed and on itself (and, for
 (a) and (b), on which styles and tones of it the import holds), not on the order of the sources
-or on which other emoji they hold. Shares: UNSEEN_SHARE of identities for (c); STYLE_SHARE for
-(a), among identities drawn in at least two styles; COMPOSITION_SHARE for (b), among identities
-that have toned drawings. A composition pick whose identity or one of whose tones would be left
+or on which other emoji they hold. Shares (SplitShares): 2% of identities for (c); 10% for
+(a), among identities drawn in at least two styles; 15% for (b), among identities that have
+toned drawings. A composition pick whose identity or one of whose tones would be left
 without a training record goes back to training (`check` states the rules; tests hold them).
 """
 
@@ -33,9 +33,17 @@ from dataclasses import dataclass
 
 SPLITS = ("train", "heldout_style", "heldout_composition", "heldout_unseen")
 HELDOUT_SPLITS = SPLITS[1:]
-UNSEEN_SHARE = 0.02  # of identities: unseen in every style (c)
-STYLE_SHARE = 0.10  # of identities in >= 2 styles: held out in one style (a)
-COMPOSITION_SHARE = 0.15  # of identities with toned drawings: one (identity, tones) pair (b)
+
+
+@dataclass(frozen=True)
+class SplitShares:
+    unseen: float = 0.02  # of identities: unseen in every style (c)
+    style: float = 0.10  # of identities in >= 2 styles: held out in one style (a)
+    composition: float = 0.15  # of identities with toned drawings: one (identity, tones) (b)
+
+    def __post_init__(self) -> None:
+        if not all(0.0 <= v <= 1.0 for v in (self.unseen, self.style, self.composition)):
+            raise ValueError(f"split shares are in [0, 1], got {self}")
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,8 @@ def _pick(options: Sequence, seed: int, purpose: str, identity: str):
     return ordered[int(unit_hash(seed, purpose, identity) * len(ordered))]
 
 
-def assign_splits(drawings: Sequence[Drawing], seed: int = 0) -> list[str]:
+def assign_splits(drawings: Sequence[Drawing], seed: int = 0,
+                  shares: SplitShares = SplitShares()) -> list[str]:
     """The split of each drawing, in order (see the module docstring)."""
     styles: dict[str, set[str]] = defaultdict(set)
     toned: dict[str, set[tuple[str, ...]]] = defaultdict(set)
@@ -65,13 +74,13 @@ def assign_splits(drawings: Sequence[Drawing], seed: int = 0) -> list[str]:
         styles[d.identity].add(d.style)
         if d.tones:
             toned[d.identity].add(d.tones)
-    unseen = {i for i in styles if unit_hash(seed, "unseen", i) < UNSEEN_SHARE}
+    unseen = {i for i in styles if unit_hash(seed, "unseen", i) < shares.unseen}
     held_style = {i: _pick(s, seed, "style-which", i) for i, s in styles.items()
                   if i not in unseen and len(s) >= 2
-                  and unit_hash(seed, "style", i) < STYLE_SHARE}
+                  and unit_hash(seed, "style", i) < shares.style}
     held_pair = {i: _pick(t, seed, "tone-which", i) for i, t in toned.items()
                  if i not in unseen and i not in held_style
-                 and unit_hash(seed, "composition", i) < COMPOSITION_SHARE}
+                 and unit_hash(seed, "composition", i) < shares.composition}
 
     def split_of(d: Drawing) -> str:
         if d.identity in unseen:
