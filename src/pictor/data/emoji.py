@@ -86,8 +86,8 @@ class Entry:
     identity: str  # normalized base code ("1F44B")
     name: str  # this package's name for it
     name_rank: int  # 0: a CLDR name (OpenMoji), 1: a Unicode name (emoji-datasource)
-    category: str  # Unicode emoji group, as a slug ("people-body")
-    subcategory: str  # Unicode emoji subgroup ("hand-fingers-open")
+    category: str  # Unicode emoji group, as OpenMoji's slug ("people-body")
+    subcategory: str  # Unicode emoji subgroup, as a slug ("hand-fingers-open", "sky-weather")
     image_path: str  # file inside the package
     tones: tuple[str, ...] = field(default=())
 
@@ -97,7 +97,8 @@ class Entry:
 
 
 def slug(text: str) -> str:
-    """'People & Body' -> 'people-body' (OpenMoji's group names)."""
+    """'People & Body' -> 'people-body', 'sky & weather' -> 'sky-weather': OpenMoji's form of
+    the Unicode group names that emoji-datasource writes out, so both styles agree."""
     return "-".join(text.lower().replace("&", " ").split())
 
 
@@ -144,7 +145,7 @@ def datasource_entries(files: PackageFiles, package: str) -> tuple[list[Entry], 
                 code = normalize_hexcode(unified)
                 entries.append(Entry(
                     vendor, package, code, identity, item["name"].strip().lower(), 1,
-                    slug(_text(item.get("category"))), _text(item.get("subcategory")),
+                    slug(_text(item.get("category"))), slug(_text(item.get("subcategory"))),
                     f"img/{vendor}/64/{image}", tones_of(code) if code != identity else ()))
     return entries, rejects
 
@@ -169,7 +170,7 @@ def openmoji_entries(files: PackageFiles, package: str) -> tuple[list[Entry], li
         image = png if png in files.names else f"color/svg/{hexcode}.svg"
         entries.append(Entry(
             "openmoji", package, code, identity, item["annotation"].strip(), 0,
-            _text(item.get("group")), _text(item.get("subgroups")), image,
+            slug(_text(item.get("group"))), slug(_text(item.get("subgroups"))), image,
             tones_of(code) if code != identity else ()))
     return entries, rejects
 
@@ -290,14 +291,15 @@ class ImportSummary:
 def attribution_text(vendors: list[str], sources: list[dict[str, Any]]) -> str:
     lines = ["Images in this data set were made by others and are used under their licences.",
              "Each record's `license` field (metadata.jsonl) names the licence of its image.",
-             "Images were resized to 64 x 64 pixels and composited over a background colour;",
-             "OpenMoji SVGs were rasterised. These are changes to the originals.", ""]
+             "Changes to the originals: transparency composited over a background colour,",
+             "OpenMoji's SVGs rasterised, images of another size resized, all to 64 x 64 px.",
+             ""]
     for vendor in vendors:
         style = STYLES[vendor]
         lines.append(f"- {style.caption_name} ({style.license}): {style.credit}")
-    lines += ["", "Sources:"] + [f"- {s['package']} ({s['source']})" for s in sources]
-    lines += ["", "CC BY-SA 4.0 (OpenMoji): adaptations, e.g. models trained on or images "
-              "derived from them, may need to be shared under the same licence.", ""]
+    lines += ["", "Packages:"] + [f"- {s['package']}" for s in sources]
+    lines += ["", "OpenMoji's licence is ShareAlike: adapted material (e.g. changed OpenMoji "
+              "images) is shared under CC BY-SA 4.0 with this credit.", ""]
     return "\n".join(lines)
 
 

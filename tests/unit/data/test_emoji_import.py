@@ -53,6 +53,9 @@ def test_captions_are_the_cldr_name_and_the_style(imported):
     assert by["twemoji", "1F600"]["category"] == "smileys-emotion"
     assert by["twemoji", "1F600"]["subcategory"] == "face-smiling"
     assert by["openmoji", "E000"]["category"] == "extras-openmoji"
+    # emoji-datasource writes Unicode's "light & video", OpenMoji "light-video"
+    assert by["noto", "1F4A1"]["subcategory"] == by["openmoji", "1F4A1"]["subcategory"] \
+        == "light-video"
 
 
 def test_skin_tone_captions(imported):
@@ -87,7 +90,7 @@ def test_licence_per_record_and_attribution(imported):
     for folder in (out, out / "train", out / "heldout"):
         text = (folder / "ATTRIBUTION").read_text()
         for needle in ("Apache License 2.0", "CC BY 4.0", "CC BY-SA 4.0", "Twemoji",
-                       "OpenMoji", "Noto Emoji", "openmoji@17.0.0"):
+                       "OpenMoji", "Noto Emoji", "openmoji@17.0.0", "ShareAlike"):
             assert needle in text, (folder, needle)
 
 
