@@ -332,34 +332,25 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             shutil.rmtree(out / name)
 
 
-def import_emoji(sources: list[str], out_dir: str, *, seed: int = 0,
-                 background: tuple[int, int, int] = DEFAULT_BACKGROUND,
-                 shares: SplitShares = SplitShares(), overwrite: bool = False,
-                 progress: bool = True) -> ImportSummary:
-    """Import emoji packages (tarballs or folders) into `out_dir` (module docstring); `seed`
-    and `shares` decide the held-out split (pictor.data.emoji_split)."""
-    start = time.perf_counter()
-    if not sources:
-        raise ValueError("give at least one package: a .tgz tarball or an unpacked folder")
-    out = Path(out_dir)
-    _prepare_out(out, overwrite)
-    options = PrepareOptions(image_size=IMAGE_SIZE_PX, background=background,
-                             formats=("PNG",), max_pixels=MAX_IMAGE_PIXELS,
-                             max_file_bytes=MAX_IMAGE_BYTES)
-    entries: list[Entry] = []
-    rejects: list[dict[str, Any]] = []
-    packages: list[tuple[PackageFiles, list[Entry]]] = []
-    source_info = []
+def _read_packages(sources: list[str], rejects: list[dict[str, Any]]
+                   ) -> tuple[list[tuple[PackageFiles, list[Entry]]], list[dict[str, Any]]]:
+    """(each source's files and entries, what import_config.json says of each source)."""
+    packages, info = [], []
     for source in sources:
         files = open_package(source)
         package = package_id(files)
         found, bad = package_entries(files, package)
         rejects += bad
         packages.append((files, found))
-        entries += found
-        source_info.append({"source": str(source), "package": package,
-                            "sha256": file_sha256(source) if Path(source).is_file() else None,
-                            "styles": sorted({STYLES[e.vendor].style_id for e in found})})
+        info.append({"source": str(source), "package": package,
+                     "sha256": file_sha256(source) if Path(source).is_file() else None,
+                     "styles": sorted({STYLES[e.vendor].style_id for e in found})})
+    return packages, info
+
+
+def _read_images(packages: list[tuple[PackageFiles, list[Entry]]],
+                 rejects: list[dict[str, Any]]) -> tuple[dict[str, Entry], list[dict[str, Any]]]:
+    """(key -> entry, the render items {key, data, svg}) of every entry whose file was read."""
     kept: dict[str, Entry] = {}
     items = []
     for files, found in packages:
@@ -378,10 +369,58 @@ def import_emoji(sources: list[str], out_dir: str, *, seed: int = 0,
                 reason = "missing_image" if blob.reason == "missing_file" else blob.reason
                 rejects.append(reject(e.key, f"{files.source}#{e.image_path}", reason,
                                       blob.detail))
-                continue
-            items.append({"key": e.key, "data": blob, "svg": e.image_path.endswith(".svg")})
+            else:
+                items.append({"key": e.key, "data": blob,
+                              "svg": e.image_path.endswith(".svg")})
+    return kept, items
+
+
+def _write_folders(out: Path, good: list[Entry], splits: list[str], pngs: dict[str, bytes],
+                   captions: dict[str, str], names: dict[str, str], attribution: str) -> None:
+    """train/ and heldout/: PNGs, metadata.jsonl, ATTRIBUTION (module docstring)."""
+    metadata = {}
+    try:
+        for folder in ("train", "heldout"):
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            (out / folder / "ATTRIBUTION").write_text(attribution, encoding="utf-8")
+            metadata[folder] = open(out / folder / "metadata.jsonl", "w", encoding="utf-8")
+        for e, split in zip(good, splits, strict=True):
+            folder = "train" if split == "train" else "heldout"
+            path = out / folder / e.key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(pngs[e.key])
+            style = STYLES[e.vendor]
+            row = {"file_name": e.key, "text": captions[e.key], "split": split,
+                   "style": style.style_id, "name": names[e.code], "emoji": e.identity,
+                   "code": e.code, "skin_tones": [SKIN_TONES[t] for t in e.tones],
+                   "category": e.category, "subcategory": e.subcategory,
+                   "license": style.license, "package": e.package}
+            metadata[folder].write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        for f in metadata.values():
+            f.close()
+    (out / "ATTRIBUTION").write_text(attribution, encoding="utf-8")
+
+
+def import_emoji(sources: list[str], out_dir: str, *, seed: int = 0,
+                 background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+                 shares: SplitShares = SplitShares(), overwrite: bool = False,
+                 progress: bool = True) -> ImportSummary:
+    """Import emoji packages (tarballs or folders) into `out_dir` (module docstring); `seed`
+    and `shares` decide the held-out split (pictor.data.emoji_split)."""
+    start = time.perf_counter()
+    if not sources:
+        raise ValueError("give at least one package: a .tgz tarball or an unpacked folder")
+    out = Path(out_dir)
+    _prepare_out(out, overwrite)
+    options = PrepareOptions(image_size=IMAGE_SIZE_PX, background=background,
+                             formats=("PNG",), max_pixels=MAX_IMAGE_PIXELS,
+                             max_file_bytes=MAX_IMAGE_BYTES)
+    rejects: list[dict[str, Any]] = []
+    packages, source_info = _read_packages(sources, rejects)
+    kept, items = _read_images(packages, rejects)
     rendered = render_all(items, options, progress)
-    names = resolve_names(entries)
+    names = resolve_names([e for _, found in packages for e in found])
     good, captions = [], {}
     for item in items:
         row, e = rendered[item["key"]], kept[item["key"]]
@@ -398,43 +437,18 @@ def import_emoji(sources: list[str], out_dir: str, *, seed: int = 0,
                             for e in good], seed, shares)
     good, splits = drop_seen_pixels(good, splits, rendered, rejects)
     vendors = sorted({e.vendor for e in good}, key=list(STYLES).index)
-    attribution = attribution_text(vendors, source_info)
-    out.mkdir(parents=True, exist_ok=True)
-    metadata = {}
-    for folder in ("train", "heldout"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        (out / folder / "ATTRIBUTION").write_text(attribution, encoding="utf-8")
-        metadata[folder] = open(out / folder / "metadata.jsonl", "w", encoding="utf-8")
-    try:
-        for e, split in zip(good, splits, strict=True):
-            folder = "train" if split == "train" else "heldout"
-            path = out / folder / e.key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(rendered[e.key]["png"])
-            style = STYLES[e.vendor]
-            row = {"file_name": e.key, "text": captions[e.key],
-                   "split": split, "style": style.style_id, "name": names[e.code],
-                   "emoji": e.identity, "code": e.code,
-                   "skin_tones": [SKIN_TONES[t] for t in e.tones],
-                   "category": e.category, "subcategory": e.subcategory,
-                   "license": style.license, "package": e.package}
-            metadata[folder].write(json.dumps(row, ensure_ascii=False) + "\n")
-    finally:
-        for f in metadata.values():
-            f.close()
-    (out / "ATTRIBUTION").write_text(attribution, encoding="utf-8")
+    _write_folders(out, good, splits, {k: r["png"] for k, r in rendered.items()}, captions,
+                   names, attribution_text(vendors, source_info))
     rejects.sort(key=lambda r: r["key"])
     with open(out / "rejects.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
-    counts = {s: dict(sorted(Counter(STYLES[e.vendor].style_id for e, sp in
-                                     zip(good, splits, strict=True) if sp == s).items()))
-              for s in SPLITS}
-    identities = {s: len({e.identity for e, sp in zip(good, splits, strict=True) if sp == s})
-                  for s in SPLITS}
+    by_split = [(s, [e for e, sp in zip(good, splits, strict=True) if sp == s]) for s in SPLITS]
     summary = ImportSummary(
         sources=source_info, image_size=IMAGE_SIZE_PX, background=list(background), seed=seed,
         split_shares=asdict(shares),
-        counts=counts, identities=identities,
+        counts={s: dict(sorted(Counter(STYLES[e.vendor].style_id for e in es).items()))
+                for s, es in by_split},
+        identities={s: len({e.identity for e in es}) for s, es in by_split},
         rejected=dict(sorted(Counter(r["reason"] for r in rejects).items())),
         seconds=round(time.perf_counter() - start, 1))
     (out / "import_config.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
