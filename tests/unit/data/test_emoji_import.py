@@ -4,12 +4,15 @@ captions, skin tones, licences, ATTRIBUTION, images, rejects, the held-out split
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
+import tarfile
+from collections import Counter
 
 import pytest
-from emoji_tarballs import datasource_files, make_packages, openmoji_files, unpack
+from emoji_tarballs import datasource_files, icon_png, make_packages, openmoji_files, unpack
 from PIL import Image
 
 from pictor.cli.main import main
@@ -246,3 +249,54 @@ def test_fetch_checks_the_pinned_sha256(tmp_path, monkeypatch):
     (tmp_path / "other" / "openmoji-17.0.0.tgz").write_bytes(b"tampered")
     with pytest.raises(ValueError, match="not the pinned"):
         copy_pinned(tmp_path / "other" / "openmoji-17.0.0.tgz", tmp_path / "d")
+
+
+def test_hostile_entries_and_members_are_rejected(tmp_path, monkeypatch):
+    """Entries that break the schema, an image path that climbs out, a member past the size
+    limit, an SVG with XML entities (a billion-laughs shape) and a tar member named ../: each
+    is a rejected record or ignored; the good entries are imported."""
+    import pictor.data.emoji as emoji
+
+    google = datasource_files("google")
+    items = json.loads(google["emoji.json"])
+    items += ["not an object", {"unified": "1F600"},
+              {"unified": "1F601", "name": "ESCAPE", "image": "../../../../etc/passwd"},
+              {"unified": "ZZZZ", "name": "BAD", "image": "zzzz.png"}]
+    google["emoji.json"] = json.dumps(items).encode()
+    google["img/google/64/1f34e.png"] = b"\0" * 5000  # larger than the limit set below
+    openmoji = openmoji_files()
+    openmoji["color/svg/1F408.svg"] = (
+        b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY a "aaaaaaaaaa">'
+        b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><text>&b;</text></svg>')
+    sources = [tmp_path / "google.tgz", tmp_path / "openmoji.tgz"]
+    for path, files in zip(sources, (google, openmoji), strict=True):
+        with tarfile.open(path, "w:gz") as tar:
+            for name, data in {**files, "../../escaped.png": b"x"}.items():
+                info = tarfile.TarInfo(f"package/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr(emoji, "MAX_IMAGE_BYTES", 4096)
+    import_emoji([str(p) for p in sources], str(tmp_path / "out"), progress=False)
+    rejects = [json.loads(line) for line in
+               (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    reasons = Counter(r["reason"] for r in rejects)
+    assert reasons == {"bad_metadata": 4, "file_too_large": 1, "corrupt_image": 1}, rejects
+    by = {r["key"]: r["reason"] for r in rejects}
+    assert by["noto/1f34e.png"] == "file_too_large" and by["openmoji/1f408.png"] == \
+        "corrupt_image"
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 2 * (12 + 4 * 5) + 1 - 2  # every other drawing, both styles
+    assert not (tmp_path / "escaped.png").exists()
+
+
+def test_openmoji_72px_pngs_are_read_before_svgs_and_resized(tmp_path):
+    """A folder of an OpenMoji release holds color/72x72/<HEXCODE>.png: those are used."""
+    files = openmoji_files()
+    files["color/72x72/1F34E.png"] = icon_png("1F34E", "png", size=72)
+    import_emoji([str(unpack(files, tmp_path / "openmoji"))], str(tmp_path / "out"),
+                 shares=SplitShares(0, 0, 0), progress=False)
+    with Image.open(tmp_path / "out" / "train" / "openmoji" / "1f34e.png") as im:
+        assert im.size == (64, 64)
+        expected = Image.open(io.BytesIO(icon_png("1F34E", "png", size=72))).getpixel((36, 36))
+        assert im.getpixel((32, 32)) == expected[:3]
