@@ -300,3 +300,25 @@ def test_openmoji_72px_pngs_are_read_before_svgs_and_resized(tmp_path):
         assert im.size == (64, 64)
         expected = Image.open(io.BytesIO(icon_png("1F34E", "png", size=72))).getpixel((36, 36))
         assert im.getpixel((32, 32)) == expected[:3]
+
+
+def test_the_commands_fetch_and_import(tmp_path, monkeypatch, capsys):
+    """`pictor data fetch-emoji --from` and `pictor data import emoji` as a user types them."""
+    tarball = make_packages(tmp_path / "built")[0]
+    monkeypatch.setitem(PINS, "emoji-datasource-google",
+                        Pin("16.0.0", file_sha256(tarball)))
+    assert main(["data", "fetch-emoji", "-o", str(tmp_path / "npm"), "--from",
+                 str(tarball)]) == 0
+    fetched = tmp_path / "npm" / "emoji-datasource-google-16.0.0.tgz"
+    assert fetched.read_bytes() == tarball.read_bytes()
+    assert main(["data", "import", "emoji", str(fetched), "-o", str(tmp_path / "out"),
+                 "--seed", "1", "--background", "0,0,0", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "train" in printed and "heldout_unseen" in printed and "rejected 0" in printed
+    config = json.loads((tmp_path / "out" / "import_config.json").read_text())
+    assert config["seed"] == 1 and config["background"] == [0, 0, 0]
+    assert config["sources"][0]["sha256"] == file_sha256(tarball)
+    assert main(["data", "import", "emoji", str(fetched), "-o", str(tmp_path / "out"),
+                 "--quiet"]) == 2  # an earlier import is kept unless --overwrite
+    assert main(["data", "import", "emoji", str(fetched), "-o", str(tmp_path / "out"),
+                 "--quiet", "--overwrite"]) == 0
