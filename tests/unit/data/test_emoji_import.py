@@ -253,8 +253,9 @@ def test_fetch_checks_the_pinned_sha256(tmp_path, monkeypatch):
 
 def test_hostile_entries_and_members_are_rejected(tmp_path, monkeypatch):
     """Entries that break the schema, an image path that climbs out, a member past the size
-    limit, an SVG with XML entities (a billion-laughs shape) and a tar member named ../: each
-    is a rejected record or ignored; the good entries are imported."""
+    limit, a 2049x2049 PNG, an SVG with XML entities (a billion-laughs shape), a symlink member
+    to /etc/passwd and a member named ../: each is a rejected record or ignored; the good
+    entries are imported."""
     import pictor.data.emoji as emoji
 
     google = datasource_files("google")
@@ -263,7 +264,11 @@ def test_hostile_entries_and_members_are_rejected(tmp_path, monkeypatch):
               {"unified": "1F601", "name": "ESCAPE", "image": "../../../../etc/passwd"},
               {"unified": "ZZZZ", "name": "BAD", "image": "zzzz.png"}]
     google["emoji.json"] = json.dumps(items).encode()
-    google["img/google/64/1f34e.png"] = b"\0" * 5000  # larger than the limit set below
+    google["img/google/64/1f34e.png"] = b"\0" * 20000  # larger than the limit set below
+    big = io.BytesIO()
+    Image.new("RGB", (2049, 2049)).save(big, format="PNG")  # 4.2 megapixels in 13 KB
+    google["img/google/64/1f600.png"] = big.getvalue()
+    del google["img/google/64/1f408.png"]  # the cat becomes a symlink member, below
     openmoji = openmoji_files()
     openmoji["color/svg/1F408.svg"] = (
         b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY a "aaaaaaaaaa">'
@@ -276,17 +281,23 @@ def test_hostile_entries_and_members_are_rejected(tmp_path, monkeypatch):
                 info = tarfile.TarInfo(f"package/{name}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    monkeypatch.setattr(emoji, "MAX_IMAGE_BYTES", 4096)
+            link = tarfile.TarInfo("package/img/google/64/1f408.png")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(link)
+    monkeypatch.setattr(emoji, "MAX_IMAGE_BYTES", 16384)
     import_emoji([str(p) for p in sources], str(tmp_path / "out"), progress=False)
     rejects = [json.loads(line) for line in
                (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     reasons = Counter(r["reason"] for r in rejects)
-    assert reasons == {"bad_metadata": 4, "file_too_large": 1, "corrupt_image": 1}, rejects
+    assert reasons == {"bad_metadata": 4, "file_too_large": 1, "corrupt_image": 1,
+                       "too_many_pixels": 1, "missing_image": 1}, rejects
     by = {r["key"]: r["reason"] for r in rejects}
     assert by["noto/1f34e.png"] == "file_too_large" and by["openmoji/1f408.png"] == \
         "corrupt_image"
+    assert by["noto/1f600.png"] == "too_many_pixels" and by["noto/1f408.png"] == \
+        "missing_image"
     rows = read_rows(tmp_path / "out")
-    assert len(rows) == 2 * (12 + 4 * 5) + 1 - 2  # every other drawing, both styles
+    assert len(rows) == 2 * (12 + 4 * 5) + 1 - 4  # every other drawing, both styles
     assert not (tmp_path / "escaped.png").exists()
 
 
