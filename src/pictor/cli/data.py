@@ -8,6 +8,8 @@
                     [--with-embeddings] [--autoencoder PATH] [--allow-outside-root]
                     [--record-timeout-seconds S] [--max-record-memory-bytes B]
   pictor data suites [--name geneval-shapes] [--export FILE]
+  pictor data fetch-emoji -o DIR [--package NAME] [--from TGZ]
+  pictor data import emoji SOURCE... -o DIR [--seed 0] [--background 255,255,255]
 
 Each subcommand is a few lines over the library (`pictor.data.synth`, `pictor.data.engine`,
 `pictor.data.suites`); a further subcommand adds an `_add_<name>(subcommands)` function below.
@@ -25,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_synth(subcommands)
     _add_prepare(subcommands)
     _add_suites(subcommands)
+    _add_fetch_emoji(subcommands)
+    _add_import(subcommands)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
 
@@ -292,4 +296,87 @@ def _run_suites(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"pictor data suites: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# fetch-emoji, import emoji
+# ---------------------------------------------------------------------------------------------
+def _add_fetch_emoji(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "fetch-emoji", help="fetch the pinned emoji packages with npm pack (sha256 checked)",
+        description="Fetch emoji-datasource-google, emoji-datasource-twitter and openmoji at "
+        "their pinned versions with `npm pack` into OUT and check each tarball's sha256 "
+        "(pictor.data.emoji_packages.PINS). A tarball already in OUT with the right digest is "
+        "kept; --from copies tarballs you have instead of fetching them.")
+    parser.add_argument("-o", "--out", required=True, help="folder for the .tgz tarballs")
+    parser.add_argument("--package", action="append", default=None,
+                        help="fetch only this package (repeatable; default: all three)")
+    parser.add_argument("--from", dest="from_files", action="append", default=[],
+                        metavar="TGZ", help="a pinned tarball you already have (repeatable)")
+    parser.set_defaults(func=_run_fetch_emoji)
+
+
+def _run_fetch_emoji(args: argparse.Namespace) -> int:
+    import subprocess
+    import time
+
+    from pictor.data.emoji_packages import PINS, copy_pinned, fetch_packages
+
+    start = time.perf_counter()
+    try:
+        paths = [copy_pinned(path, args.out) for path in args.from_files]
+        if not args.from_files or args.package:
+            paths += fetch_packages(args.out, args.package or tuple(PINS))
+    except (ValueError, subprocess.CalledProcessError) as error:
+        print(f"pictor data fetch-emoji: {error}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(f"{path}  sha256 ok")
+    print(f"{len(paths)} tarball(s) in {args.out} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _add_import(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "import", help="turn a collection someone else made into a captioned imagefolder")
+    kinds = parser.add_subparsers(dest="import_kind", metavar="KIND")
+    emoji = kinds.add_parser(
+        "emoji", help="emoji packages (npm tarballs or folders) -> train/ and heldout/",
+        description="Import emoji-datasource-google/-twitter and openmoji packages (.tgz from "
+        "`pictor data fetch-emoji` or unpacked folders) into OUT/train and OUT/heldout "
+        "imagefolders of 64x64 PNGs over the background, with captions '<name>, <style> "
+        "style', licence per record, ATTRIBUTION and a seeded held-out split "
+        "(docs/emoji.md). Entries that cannot be imported are listed in OUT/rejects.jsonl.")
+    emoji.add_argument("sources", nargs="+", metavar="SOURCE", help="package tarball or folder")
+    emoji.add_argument("-o", "--out", required=True, help="output folder")
+    emoji.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    emoji.add_argument("--background", default="255,255,255",
+                       help="R,G,B behind transparency (default 255,255,255: white)")
+    emoji.add_argument("--overwrite", action="store_true", help="replace an earlier import")
+    emoji.add_argument("--quiet", action="store_true", help="no progress bar")
+    emoji.set_defaults(func=_run_import_emoji)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def _run_import_emoji(args: argparse.Namespace) -> int:
+    from pictor.data.emoji import import_emoji
+
+    try:
+        summary = import_emoji(args.sources, args.out, seed=args.seed,
+                               background=_parse_background(args.background),
+                               overwrite=args.overwrite, progress=not args.quiet)
+    except ValueError as error:
+        print(f"pictor data import emoji: {error}", file=sys.stderr)
+        return 2
+    for split, by_style in summary.counts.items():
+        styles = ", ".join(f"{k} {v}" for k, v in by_style.items()) or "none"
+        print(f"{split:20s} {sum(by_style.values()):6d} images, "
+              f"{summary.identities[split]:5d} emoji ({styles})")
+    rejected = sum(summary.rejected.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in summary.rejected.items())
+    print(f"rejected {rejected}{f' ({reasons})' if reasons else ''}; listed in "
+          f"{args.out}/rejects.jsonl")
+    print(f"wrote {args.out}/train and {args.out}/heldout in {summary.seconds:.1f} s; next: "
+          f"pictor data prepare {args.out}/train -o <shards>")
     return 0
