@@ -243,8 +243,7 @@ def _precompute(args: argparse.Namespace) -> None:
     """Text embeddings and/or autoencoder latents beside the shards (training reuses them)."""
     from pictor.data.loader import precompute_prepared
     from pictor.networks.codec import build_codec
-    from pictor.text.encoders import load_text_encoder
-    from pictor.training.trainer import text_encoder_identity
+    from pictor.text.encoders import load_text_encoder, text_encoder_identity
 
     text_encode = text_identity = image_encode = image_identity = None
     if args.with_embeddings:

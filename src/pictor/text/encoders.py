@@ -209,6 +209,15 @@ def default_cache_dir() -> Path | None:
     return Path(base) / "pictor"
 
 
+def text_encoder_identity(spec: str, max_length: int) -> str:
+    """Names the encoder for the embedding tables of training (pictor.data.loader's cache and
+    the embeddings `pictor data prepare --with-embeddings` stores): spec (resolved folder if
+    local), max_length."""
+    p = Path(spec)
+    name = str(p.resolve()) if p.exists() else spec
+    return f"text-encoder:{name}:max_length={max_length}"
+
+
 def frozen_encoder_identity(spec: str, max_length: int) -> str | None:
     """A string that changes whenever the frozen encoder `spec` would embed differently (its
     folder, the size and mtime of its files, max_length), computed without loading it; None for

@@ -56,9 +56,9 @@ def train_layout_prior(model_dir: str | Path, data: str | Path, out: str | Path,
     from pictor.data.loader import TextEmbeddingTable, open_dataset
     from pictor.networks.io import load_module, save_module
     from pictor.networks.unet import UNet, UNetConfig
-    from pictor.text.encoders import load_tokenizer
+    from pictor.text.encoders import load_tokenizer, text_encoder_identity
     from pictor.training.grounding import build_grounding_table, layout_prior_loss
-    from pictor.training.trainer import _load_text_encoder, text_encoder_identity
+    from pictor.training.trainer import _load_text_encoder
 
     model_dir = Path(model_dir)
     if not (model_dir / UNET_FILE).is_file() or not (model_dir / "config.yaml").is_file():

@@ -29,19 +29,12 @@ import torch
 from torch import nn
 
 from pictor.config import TrainConfig, save_config
-from pictor.text.encoders import TEXT_ENCODER_FILE, TRAINABLE_SPEC
+from pictor.text.encoders import TEXT_ENCODER_FILE, TRAINABLE_SPEC, text_encoder_identity
 from pictor.training.distributed import DistInfo, barrier
 from pictor.training.loop import NonFiniteLossError, TrainResult, run_training
 from pictor.training.metrics import save_image_grid
 
-__all__ = ["DiffusionTask", "NonFiniteLossError", "TrainResult", "train"]
-
-
-def text_encoder_identity(spec: str, max_length: int) -> str:
-    """Names the encoder for the embedding cache: spec (resolved folder if local), max_length."""
-    p = Path(spec)
-    name = str(p.resolve()) if p.exists() else spec
-    return f"text-encoder:{name}:max_length={max_length}"
+__all__ = ["DiffusionTask", "NonFiniteLossError", "TrainResult", "text_encoder_identity", "train"]
 
 
 class DiffusionTask:
