@@ -191,12 +191,18 @@ def heldout_accuracy(net: ShapesFeatureNet, num_images: int) -> dict[str, dict[s
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def _lr_factor(step: int, config: FeatureTrainConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.num_steps - config.warmup_steps)
+def warmup_cosine(step: int, warmup_steps: int, num_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate factor of optimiser step `step`: linear warm-up over `warmup_steps`, then
+    a cosine decay to `min_lr_ratio` at `num_steps` (a torch LambdaLR lambda)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, num_steps - warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+    return min_lr_ratio + (1 - min_lr_ratio) * cosine
+
+
+def _lr_factor(step: int, config: FeatureTrainConfig) -> float:
+    return warmup_cosine(step, config.warmup_steps, config.num_steps, config.min_lr_ratio)
 
 
 def standardize(net: ShapesFeatureNet, config: FeatureTrainConfig) -> None:
