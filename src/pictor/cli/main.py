@@ -14,7 +14,7 @@ import sys
 from pictor import __version__
 
 # Listed explicitly (no discovery by globals()): adding a command means adding its module here.
-COMMAND_MODULES = ("data", "train", "generate", "explain", "eval", "serve")
+COMMAND_MODULES = ("data", "train", "generate", "explain", "eval", "clip", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

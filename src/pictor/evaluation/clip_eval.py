@@ -1,0 +1,286 @@
+"""`pictor eval-clip`: judge a set of real held-out images, and optionally generated images of
+the same captions, with a CLIP trained by `pictor train-clip`.
+
+    judge = load_clip("models/emoji-clip")
+    report = evaluate_clip_sets(judge, "data/emoji-heldout-64", generated="outputs/gen",
+                                train="data/emoji-64")
+
+Every set is a data set pictor reads (shards or an imagefolder whose metadata.jsonl gives each
+image's caption); a generated image's caption must be one of the real set's. Figures are
+reported per group (the records' `split` field by default: heldout_style, heldout_composition,
+heldout_unseen for the emoji) and for all images, each with the real images' value (the
+ceiling) beside the generated images' (pictor.evaluation.clip_metrics).
+
+Hard negatives come from the records' emoji fields (pictor.data.emoji): the same name in each
+other style ("style"), and the captions of the same base emoji in the same style with other
+skin tones, found in the real and training sets ("tone"); "all" needs the true caption to beat
+both kinds. A data set without those fields has no hard negatives (reported as null).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pictor.evaluation.clip_metrics import (
+    clip_score,
+    distinct,
+    fd_kid,
+    hard_negative_accuracy,
+    memorisation,
+    r_precision,
+    split_halves,
+)
+from pictor.evaluation.clip_training import CLIP_FILE, load_images_uint8, text_table
+from pictor.networks.clip import ClipConfig, ClipModel
+
+_BATCH = 256
+
+
+class ClipJudge:
+    """A trained CLIP (clip.safetensors) that embeds images and captions; also a
+    pictor.evaluation.features.FeatureExtractor (standardised image embeddings)."""
+
+    def __init__(self, path: str | Path, cache_dir: str | Path | None = None) -> None:
+        from pictor.networks.codec import file_sha256
+        from pictor.networks.io import load_module
+        from pictor.text.encoders import default_cache_dir
+
+        path = Path(path).expanduser()
+        if path.is_dir():
+            path = path / CLIP_FILE
+        if not path.is_file():
+            raise ValueError(f"no CLIP at {str(path)!r}; train one with `pictor train-clip "
+                             f"--data DIR -o {path.parent}`")
+        self.path = path
+        self.model = load_module(ClipModel, ClipConfig, path).float().eval().requires_grad_(False)
+        self.config: ClipConfig = self.model.config
+        self.name, self.dim, self.sha256 = "clip", self.config.embed_dim, file_sha256(path)
+        self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+
+    def embed_images(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 (N, 3, H, W) at the model's size -> (N, E) unit rows, float64."""
+        out = [np.zeros((0, self.dim))]
+        with torch.inference_mode():
+            for i in range(0, len(images), _BATCH):
+                x = images[i:i + _BATCH].float() / 127.5 - 1.0
+                out.append(self.model.encode_image(x).double().numpy())
+        return np.concatenate(out)
+
+    def embed_texts(self, captions: Sequence[str]) -> np.ndarray:
+        """Captions -> (N, E) unit rows, float64 (frozen tokens cached on disk)."""
+        captions = list(captions)
+        table = text_table(captions, self.config, cache_dir=self.cache_dir)
+        out = [np.zeros((0, self.dim))]
+        with torch.inference_mode():
+            for i in range(0, len(captions), _BATCH):
+                out.append(self.model.encode_text(*table.encode(captions[i:i + _BATCH]))
+                           .double().numpy())
+        return np.concatenate(out)
+
+    def features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """FeatureExtractor: RGB images -> (N, E) standardised image embeddings."""
+        from pictor.evaluation.features import images_to_tensor
+
+        x = images_to_tensor(images, self.config.image_size)
+        with torch.inference_mode():
+            return self.model.image_features(x).double().numpy()
+
+
+def load_clip(spec: str | Path) -> ClipJudge:
+    """A CLIP folder of `pictor train-clip` (or its clip.safetensors)."""
+    return ClipJudge(spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sets and hard negatives
+# ---------------------------------------------------------------------------------------------
+class _Set:
+    """One data set as the judge sees it: uint8 images, captions, extras."""
+
+    def __init__(self, path: str | Path, image_size: int, what: str) -> None:
+        from pictor.data.loader import open_dataset
+
+        path = Path(path)
+        if not path.is_dir():
+            raise ValueError(f"{what} set {str(path)!r} is not a folder")
+        dataset = open_dataset(path, image_size)
+        self.images = load_images_uint8(dataset)                       # (N, 3, H, W)
+        self.captions, self.extras = dataset.captions, dataset.extras
+
+
+def emoji_hard_negatives(captions: Sequence[str], extras: Sequence[dict],
+                         pool: Sequence[tuple[str, dict]]) -> dict[str, list[list[str]]]:
+    """Per record: "style" negatives (its name in each other style) and "tone" negatives (the
+    captions in `pool` of the same base emoji and style with another code); "all" is both."""
+    from pictor.data.emoji import caption
+    from pictor.data.emoji_packages import STYLES
+
+    vendor_of = {s.style_id: vendor for vendor, s in STYLES.items()}
+    by_identity: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
+    for text, extra in pool:
+        if {"emoji", "style", "code"} <= extra.keys():
+            by_identity[extra["emoji"], extra["style"]].add((extra["code"], text))
+    out: dict[str, list[list[str]]] = {"style": [], "tone": [], "all": []}
+    for text, extra in zip(captions, extras, strict=True):
+        style, tone = [], []
+        if {"emoji", "style", "code", "name"} <= extra.keys() and extra["style"] in vendor_of:
+            style = [caption(extra["name"], v) for s, v in vendor_of.items()
+                     if s != extra["style"]]
+            tone = sorted({t for code, t in by_identity[extra["emoji"], extra["style"]]
+                           if code != extra["code"] and t != text})
+        out["style"].append(style)
+        out["tone"].append(tone)
+        out["all"].append(style + tone)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+def _alignment(images: np.ndarray, captions: list[str], index_of: dict[str, int],
+               caption_emb: np.ndarray, negatives: dict[str, list[list[str]]],
+               text_of: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """CLIPScore, R-precision and hard-negative accuracies of image rows and their captions."""
+    true_emb = caption_emb[[index_of[c] for c in captions]]
+    out: dict[str, Any] = {
+        "num_images": len(captions), "clip_score": clip_score(images, true_emb),
+        "r_precision": r_precision(images, np.array([index_of[c] for c in captions]),
+                                   caption_emb, seed=seed).to_dict()}
+    for kind, lists in negatives.items():
+        acc = hard_negative_accuracy(
+            images, true_emb, [np.stack([text_of[c] for c in n]) if n else [] for n in lists])
+        out[f"hard_negative_{kind}"] = None if acc is None else acc.to_dict()
+    return out
+
+
+def _pick(lists: dict[str, list[list[str]]], rows: np.ndarray) -> dict[str, list[list[str]]]:
+    return {k: [v[i] for i in rows] for k, v in lists.items()}
+
+
+def evaluate_clip_sets(judge: ClipJudge, real: str | Path, *, generated: str | Path | None = None,
+                       train: str | Path | None = None, group_by: str = "split",
+                       seed: int = 0) -> dict[str, Any]:
+    """The figures of the module docstring, per group and for all images (a JSON-ready dict)."""
+    size = judge.config.image_size
+    real_set = _Set(real, size, "real")
+    gen_set = _Set(generated, size, "generated") if generated is not None else None
+    train_set = _Set(train, size, "training") if train is not None else None
+    extras_of = dict(zip(real_set.captions, real_set.extras, strict=True))
+    if gen_set is not None:
+        unknown = sorted(set(gen_set.captions) - extras_of.keys())
+        if unknown:
+            raise ValueError(f"{len(unknown)} generated caption(s) are not captions of the real "
+                             f"set {real}, e.g. {unknown[0]!r}; generate from its captions")
+    pool = list(zip(real_set.captions, real_set.extras, strict=True))
+    if train_set is not None:
+        pool += list(zip(train_set.captions, train_set.extras, strict=True))
+    negatives = {"real": emoji_hard_negatives(real_set.captions, real_set.extras, pool)}
+    if gen_set is not None:
+        negatives["generated"] = emoji_hard_negatives(
+            gen_set.captions, [extras_of[c] for c in gen_set.captions], pool)
+    unique, _ = distinct(real_set.captions)
+    index_of = {c: i for i, c in enumerate(unique)}
+    texts = list(dict.fromkeys(unique + [c for lists in negatives.values()
+                                         for c in sum(lists["all"], [])]))
+    text_of = dict(zip(texts, judge.embed_texts(texts), strict=True))
+    caption_emb = np.stack([text_of[c] for c in unique])                  # (U, E)
+    sets = {"real": real_set} | ({"generated": gen_set} if gen_set is not None else {})
+    emb = {name: judge.embed_images(s.images) for name, s in sets.items()}  # (N, E) each
+    train_emb = judge.embed_images(train_set.images) if train_set is not None else None
+    mean, std = (judge.model.feature_mean.double().numpy(),
+                 judge.model.feature_std.double().numpy())
+
+    def group_of(caption: str) -> str:
+        return str(extras_of[caption].get(group_by, "all"))
+
+    groups = ["all"] + sorted({group_of(c) for c in real_set.captions} - {"all"})
+    report: dict[str, Any] = {
+        "judge": {"path": str(judge.path), "sha256": judge.sha256},
+        "sets": {"real": str(real), "generated": None if generated is None else str(generated),
+                 "train": None if train is None else str(train)},
+        "group_by": group_by, "seed": seed, "groups": {}}
+    for group in groups:
+        entry: dict[str, Any] = {}
+        for name, s in sets.items():
+            rows = np.array([i for i, c in enumerate(s.captions)
+                             if group == "all" or group_of(c) == group], dtype=np.int64)
+            if len(rows) == 0:
+                continue
+            figures = _alignment(emb[name][rows], [s.captions[i] for i in rows], index_of,
+                                 caption_emb, _pick(negatives[name], rows), text_of, seed)
+            if train_set is not None and train_emb is not None:
+                figures["memorisation"] = memorisation(emb[name][rows], s.images[rows].numpy(),
+                                                       train_emb, train_set.images.numpy())
+            entry[name] = figures
+        entry["distribution"] = _distribution(real_set, gen_set, emb, mean, std, group, group_of,
+                                              seed)
+        report["groups"][group] = entry
+    return report
+
+
+def _distribution(real_set: _Set, gen_set: _Set | None, emb: dict[str, np.ndarray],
+                  mean: np.ndarray, std: np.ndarray, group: str, group_of: Any,
+                  seed: int) -> dict[str, Any] | None:
+    """FD and KID on standardised features: real half A against real half B (the floor), and
+    the generated images of A's captions against B. Real images of a caption that has no
+    generated image are left out of both. None for groups under 4 images."""
+    rows = [i for i, c in enumerate(real_set.captions) if group == "all" or group_of(c) == group]
+    first_generated: dict[str, int] = {}
+    if gen_set is not None:
+        for j, c in enumerate(gen_set.captions):
+            first_generated.setdefault(c, j)
+        rows = [i for i in rows if real_set.captions[i] in first_generated]
+    if len(rows) < 4:
+        return None
+    half_a, half_b = split_halves(len(rows), seed)
+    a, b = np.array(rows)[half_a], np.array(rows)[half_b]
+    real_features = (emb["real"] - mean) / std
+    out: dict[str, Any] = {"num_images_per_half": len(a),
+                           "real_vs_real": fd_kid(real_features[a], real_features[b], seed)}
+    if gen_set is not None:
+        paired = [first_generated[real_set.captions[i]] for i in a]
+        out["generated_vs_real"] = fd_kid((emb["generated"][paired] - mean) / std,
+                                          real_features[b], seed)
+    return out
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """A table per group: each figure of the real images (the ceiling) beside the generated."""
+    lines = [f"# CLIP judge report\n\njudge `{report['judge']['path']}` "
+             f"(sha256 {report['judge']['sha256'][:12]}), real `{report['sets']['real']}`, "
+             f"generated `{report['sets']['generated']}`, training `{report['sets']['train']}`"]
+    for group, entry in report["groups"].items():
+        lines += ["", f"## {group}", "", "| figure | real held-out (ceiling) | generated |",
+                  "|---|---|---|"]
+        rows = [("images", lambda f: f["num_images"]),
+                ("CLIPScore", lambda f: f"{f['clip_score']:.2f}"),
+                ("R-precision (chance)", lambda f: _rank(f["r_precision"]))]
+        rows += [(f"hard negatives: {k}", lambda f, k=k: _rank(f[f"hard_negative_{k}"]))
+                 for k in ("style", "tone", "all")]
+        rows += [("near-copies of training images", lambda f: (
+            f"{f['memorisation']['near_copy_share']:.3f}" if "memorisation" in f else "-"))]
+        for label, get in rows:
+            cells = [str(get(entry[n])) if n in entry else "-" for n in ("real", "generated")]
+            lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+        dist = entry["distribution"]
+        if dist is not None:
+            gen = dist.get("generated_vs_real")
+            floor = dist["real_vs_real"]
+            for key in ("fd", "kid"):
+                lines.append(f"| {key.upper()} vs real half ({dist['num_images_per_half']} each)"
+                             f" | {floor[key]:.4f} (floor) | "
+                             f"{'-' if gen is None else f'{gen[key]:.4f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _rank(figure: dict[str, Any] | None) -> str:
+    if figure is None:
+        return "n/a"
+    return f"{figure['value']:.3f} ({figure['chance']:.3f}, n={figure['num_images']})"
