@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--features", default="shapes",
                    help="feature extractor of the distribution metrics: 'shapes' (shipped, "
                         "default), a folder of `pictor train-features`, 'inception:PATH' to a "
-                        "local TorchScript Inception, or 'none' to skip the metrics")
+                        "local TorchScript Inception, 'clip:DIR' for a CLIP of `pictor "
+                        "train-clip`, or 'none' to skip the metrics")
     p.add_argument("--seed", type=int, default=0,
                    help="base seed; image j of prompt i uses seed + the suite's image seed "
                         "offset + 1000 i + j (default 0)")

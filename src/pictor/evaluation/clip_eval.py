@@ -48,9 +48,10 @@ class ClipJudge:
     pictor.evaluation.features.FeatureExtractor (standardised image embeddings)."""
 
     def __init__(self, path: str | Path, cache_dir: str | Path | None = None) -> None:
+        """cache_dir: where the frozen tokens of embedded captions are kept (None: in memory;
+        one file per caption list, U x L x 384 float32, so an evaluation does not keep one)."""
         from pictor.networks.codec import file_sha256
         from pictor.networks.io import load_module
-        from pictor.text.encoders import default_cache_dir
 
         path = Path(path).expanduser()
         if path.is_dir():
@@ -62,7 +63,7 @@ class ClipJudge:
         self.model = load_module(ClipModel, ClipConfig, path).float().eval().requires_grad_(False)
         self.config: ClipConfig = self.model.config
         self.name, self.dim, self.sha256 = "clip", self.config.embed_dim, file_sha256(path)
-        self.cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+        self.cache_dir = cache_dir
 
     def embed_images(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (N, 3, H, W) at the model's size -> (N, E) unit rows, float64."""
@@ -149,6 +150,8 @@ def _alignment(images: np.ndarray, captions: list[str], index_of: dict[str, int]
                text_of: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
     """CLIPScore, R-precision and hard-negative accuracies of image rows and their captions."""
     true_emb = caption_emb[[index_of[c] for c in captions]]
+    # R-precision's 99 others are drawn from every distinct caption of the real set, whatever
+    # the group (AttnGAN draws from the whole test set)
     out: dict[str, Any] = {
         "num_images": len(captions), "clip_score": clip_score(images, true_emb),
         "r_precision": r_precision(images, np.array([index_of[c] for c in captions]),
@@ -188,7 +191,7 @@ def evaluate_clip_sets(judge: ClipJudge, real: str | Path, *, generated: str | P
     unique, _ = distinct(real_set.captions)
     index_of = {c: i for i, c in enumerate(unique)}
     texts = list(dict.fromkeys(unique + [c for lists in negatives.values()
-                                         for c in sum(lists["all"], [])]))
+                                         for row in lists["all"] for c in row]))
     text_of = dict(zip(texts, judge.embed_texts(texts), strict=True))
     caption_emb = np.stack([text_of[c] for c in unique])                  # (U, E)
     sets = {"real": real_set} | ({"generated": gen_set} if gen_set is not None else {})

@@ -37,6 +37,7 @@ from pictor.networks.codec import file_sha256
 FEATURES_FILE = "shapes_features.safetensors"
 DEFAULT_FEATURES_NAME = "shapes-features"
 INCEPTION_PREFIX = "inception:"
+CLIP_PREFIX = "clip:"
 _BATCH_SIZE = 256  # images per forward pass when extracting
 
 
@@ -220,12 +221,17 @@ def load_feature_extractor(spec: str | Path = "shapes") -> FeatureExtractor:
 
     - "shapes": the shipped shapes extractor (models/shapes-features);
     - a folder holding shapes_features.safetensors, or that file itself;
-    - "inception:PATH" or a .pt/.pth/.jit file: Inception features from a local TorchScript file.
+    - "inception:PATH" or a .pt/.pth/.jit file: Inception features from a local TorchScript file;
+    - "clip:DIR": the standardised image embeddings of a CLIP of `pictor train-clip`.
     ValueError (saying what to pass) when nothing usable is found.
     """
     text = str(spec)
     if text.startswith(INCEPTION_PREFIX):
         return InceptionFeatures(text[len(INCEPTION_PREFIX):])
+    if text.startswith(CLIP_PREFIX):
+        from pictor.evaluation.clip_eval import load_clip
+
+        return load_clip(text[len(CLIP_PREFIX):])
     path = default_features_dir() if text == "shapes" else Path(text).expanduser()
     if path.suffix in (".pt", ".pth", ".jit"):
         return InceptionFeatures(path)

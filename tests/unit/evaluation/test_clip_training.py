@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pictor.config import load_config
 from pictor.evaluation.clip_training import (
@@ -17,7 +18,9 @@ from pictor.evaluation.clip_training import (
     to_uint8,
     validate_clip_config,
 )
+from pictor.evaluation.features import load_feature_extractor
 from pictor.networks.clip import ClipConfig, ClipModel
+from pictor.networks.codec import file_sha256
 from pictor.networks.io import load_module, read_metadata, save_module
 
 SMALL = ClipConfig(channels=(8, 16), embed_dim=16, text_dim=12, text_heads=2, text_hidden=16)
@@ -102,6 +105,13 @@ def test_clip_safetensors_round_trip(tmp_path):
     x = torch.rand(2, 3, 64, 64)
     assert torch.equal(loaded.image_features(x), model.image_features(x))
     assert not path.read_bytes().startswith(b"\x80")  # not a pickle
+    # the same file serves the distribution metrics as a feature extractor
+    extractor = load_feature_extractor(f"clip:{tmp_path}")
+    images = [Image.new("RGB", (64, 64), (40, 200, 90)), Image.new("RGB", (64, 64), (250, 5, 5))]
+    x = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in images])
+    assert extractor.dim == 16 and extractor.sha256 == file_sha256(path)
+    assert torch.allclose(torch.from_numpy(extractor.features(images)).float(),
+                          loaded.image_features(x.float() / 127.5 - 1), atol=1e-6)
 
 
 def test_config_validation_names_the_fix(tmp_path):
