@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +144,36 @@ def test_bad_input_exits_2_with_the_reason(trained, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, (argv, err)
     assert not (tmp_path / "out" / "clip.safetensors").exists()
+
+
+def test_emoji_shards_give_style_and_tone_hard_negatives_per_split(tmp_path, capsys,
+                                                                   monkeypatch):
+    """The real route: emoji tarballs in the packages' own formats -> import -> prepare (shards)
+    -> train-clip -> eval-clip. Every held-out image gets its two other styles as negatives,
+    and every held-out (emoji, tone) pair the other tones of its emoji, which only the training
+    set holds."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "unit" / "data"))
+    from emoji_tarballs import make_packages
+
+    tarballs = make_packages(tmp_path / "npm")
+    data, train, heldout = tmp_path / "emoji", tmp_path / "train64", tmp_path / "heldout64"
+    assert main(["data", "import", "emoji", *map(str, tarballs), "-o", str(data)]) == 0
+    for split, out in (("train", train), ("heldout", heldout)):
+        assert main(["data", "prepare", str(data / split), "-o", str(out), "--workers", "1"]) == 0
+    assert main(["train-clip", "--data", str(train), "-o", str(tmp_path / "clip"),
+                 f"--data.cache_dir={tmp_path / 'cache'}", *TINY]) == 0
+    assert main(["eval-clip", "--clip", str(tmp_path / "clip"), "--data", str(heldout),
+                 "--train", str(train), "-o", str(tmp_path / "report")]) == 0
+    capsys.readouterr()
+    records = [json.loads(line) for line in
+               (data / "heldout" / "metadata.jsonl").read_text().splitlines()]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(report["groups"]) == {"all"} | {r["split"] for r in records}
+    real = report["groups"]["all"]["real"]
+    assert real["num_images"] == len(records)
+    assert real["hard_negative_style"]["num_images"] == len(records)
+    assert real["hard_negative_style"]["chance"] == pytest.approx(1 / 3)
+    composition = [r for r in records if r["split"] == "heldout_composition"]
+    assert composition  # the small packages hold such a pair
+    tone = report["groups"]["heldout_composition"]["real"]["hard_negative_tone"]
+    assert tone["num_images"] == len(composition) and tone["chance"] < 1 / 2
