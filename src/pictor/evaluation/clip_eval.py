@@ -200,10 +200,11 @@ def evaluate_clip_sets(judge: ClipJudge, real: str | Path, *, generated: str | P
     mean, std = (judge.model.feature_mean.double().numpy(),
                  judge.model.feature_std.double().numpy())
 
-    def group_of(caption: str) -> str:
-        return str(extras_of[caption].get(group_by, "all"))
-
-    groups = ["all"] + sorted({group_of(c) for c in real_set.captions} - {"all"})
+    # a real image's group is its own record's field; a generated image's that of its caption
+    labels = {"real": [str(e.get(group_by, "all")) for e in real_set.extras]}
+    if gen_set is not None:
+        labels["generated"] = [str(extras_of[c].get(group_by, "all")) for c in gen_set.captions]
+    groups = ["all"] + sorted(set(labels["real"]) - {"all"})
     report: dict[str, Any] = {
         "judge": {"path": str(judge.path), "sha256": judge.sha256},
         "sets": {"real": str(real), "generated": None if generated is None else str(generated),
@@ -212,8 +213,8 @@ def evaluate_clip_sets(judge: ClipJudge, real: str | Path, *, generated: str | P
     for group in groups:
         entry: dict[str, Any] = {}
         for name, s in sets.items():
-            rows = np.array([i for i, c in enumerate(s.captions)
-                             if group == "all" or group_of(c) == group], dtype=np.int64)
+            rows = np.array([i for i, g in enumerate(labels[name]) if group in ("all", g)],
+                            dtype=np.int64)
             if len(rows) == 0:
                 continue
             figures = _alignment(emb[name][rows], [s.captions[i] for i in rows], index_of,
@@ -222,19 +223,19 @@ def evaluate_clip_sets(judge: ClipJudge, real: str | Path, *, generated: str | P
                 figures["memorisation"] = memorisation(emb[name][rows], s.images[rows].numpy(),
                                                        train_emb, train_set.images.numpy())
             entry[name] = figures
-        entry["distribution"] = _distribution(real_set, gen_set, emb, mean, std, group, group_of,
-                                              seed)
+        real_rows = [i for i, g in enumerate(labels["real"]) if group in ("all", g)]
+        entry["distribution"] = _distribution(real_set, gen_set, emb, mean, std, real_rows, seed)
         report["groups"][group] = entry
     return report
 
 
 def _distribution(real_set: _Set, gen_set: _Set | None, emb: dict[str, np.ndarray],
-                  mean: np.ndarray, std: np.ndarray, group: str, group_of: Any,
+                  mean: np.ndarray, std: np.ndarray, rows: list[int],
                   seed: int) -> dict[str, Any] | None:
-    """FD and KID on standardised features: real half A against real half B (the floor), and
-    the generated images of A's captions against B. Real images of a caption that has no
-    generated image are left out of both. None for groups under 4 images."""
-    rows = [i for i, c in enumerate(real_set.captions) if group == "all" or group_of(c) == group]
+    """FD and KID on standardised features of the real images `rows` (a group): real half A
+    against real half B (the floor), and the generated images of A's captions against B. Real
+    images of a caption that has no generated image are left out of both. None for groups
+    under 4 images."""
     first_generated: dict[str, int] = {}
     if gen_set is not None:
         for j, c in enumerate(gen_set.captions):
