@@ -4,6 +4,7 @@ augmentation's shifts, the towers' outputs and the safetensors round trip."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,9 @@ def test_clip_safetensors_round_trip(tmp_path):
 
 
 def test_config_validation_names_the_fix(tmp_path):
+    repo = Path(__file__).resolve().parents[3]
+    # configs/clip.yaml spells out the built-in defaults, so --config is optional
+    assert load_config(repo / "configs" / "clip.yaml", ClipTrainConfig) == ClipTrainConfig()
     config = load_config(None, ClipTrainConfig, ["--training.batch_size=8"])
     assert config.model.channels == (32, 64, 128, 256) and config.training.batch_size == 8
     for override, message in [("--training.batch_size=1", "negatives"),
