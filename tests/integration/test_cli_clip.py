@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pictor.evaluation.clip_eval import load_clip
 from pictor.evaluation.clip_metrics import distinct, r_precision
 from pictor.evaluation.clip_training import load_images_uint8
 from pictor.networks.clip import ClipModel
+from pictor.provenance import ProvenanceRecord, save_png
 
 CLI = [sys.executable, "-m", "pictor.cli.main"]
 TINY = ["--training.max_steps=30", "--training.batch_size=64", "--model.channels=[16,32,64]",
@@ -86,8 +86,14 @@ def write_imagefolder(folder, images, captions):
 def test_eval_clip_gives_copies_the_ceiling_and_blanks_less(trained, tmp_path):
     _, heldout, clip_dir, _ = trained
     records = [json.loads(line) for line in (heldout / "metadata.jsonl").read_text().splitlines()]
+    # the "generator" reproduces every held-out image, saved as `pictor generate` saves
+    # (no metadata.jsonl: each PNG's provenance record holds its prompt)
     copies = tmp_path / "copies"
-    shutil.copytree(heldout, copies)
+    copies.mkdir()
+    for i, r in enumerate(records):
+        record = ProvenanceRecord(prompt=r["text"], seed=i, sampler="dpm++2m", num_steps=20,
+                                  guidance_scale=4.0, model_name="copy", model_sha256="0" * 64)
+        save_png(Image.open(heldout / r["file_name"]), copies / f"{i:03d}.png", record)
     blanks = tmp_path / "blanks"
     write_imagefolder(blanks, [Image.new("RGB", (64, 64), (128, 128, 128))] * len(records),
                       [r["text"] for r in records])
@@ -121,6 +127,10 @@ def test_bad_input_exits_2_with_the_reason(trained, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "metadata.jsonl").write_text("")
+    nothing, plain = tmp_path / "nothing", tmp_path / "plain"
+    nothing.mkdir()
+    plain.mkdir()
+    Image.new("RGB", (64, 64)).save(plain / "000.png")  # a PNG without a provenance record
     single = tmp_path / "single"
     write_imagefolder(single, [Image.new("RGB", (64, 64))], ["a red circle"])
     elsewhere = tmp_path / "elsewhere"
@@ -138,6 +148,12 @@ def test_bad_input_exits_2_with_the_reason(trained, tmp_path, capsys):
          "is not a folder"),
         (["eval-clip", "--clip", str(clip_dir), "--data", str(heldout), "--generated",
           str(elsewhere)], "not captions of the real set"),
+        (["eval-clip", "--clip", str(clip_dir), "--data", str(heldout), "--generated",
+          str(tmp_path / "missing")], "is not a folder"),
+        (["eval-clip", "--clip", str(clip_dir), "--data", str(heldout), "--generated",
+          str(nothing)], "nor PNGs of `pictor generate`"),
+        (["eval-clip", "--clip", str(clip_dir), "--data", str(heldout), "--generated",
+          str(plain)], "no pictor provenance record"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True,
                    help="real held-out images with their captions (shards or imagefolder)")
     p.add_argument("--generated", type=Path, default=None,
-                   help="imagefolder of generated images; each caption one of --data's")
+                   help="generated images: an imagefolder, or PNGs of `pictor generate` "
+                        "(captioned by their provenance records); each caption one of --data's")
     p.add_argument("--train", type=Path, default=None,
                    help="the training images, for memorisation and skin-tone hard negatives")
     p.add_argument("--group-by", default="split", help="record field to group by (split)")

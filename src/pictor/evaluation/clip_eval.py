@@ -6,7 +6,9 @@ the same captions, with a CLIP trained by `pictor train-clip`.
                                 train="data/emoji-64")
 
 Every set is a data set pictor reads (shards or an imagefolder whose metadata.jsonl gives each
-image's caption); a generated image's caption must be one of the real set's. Figures are
+image's caption); generated images may also be a folder of `pictor generate` PNGs, captioned by
+the prompt in their provenance records. A generated image's caption must be one of the real
+set's. Figures are
 reported per group (the records' `split` field by default: heldout_style, heldout_composition,
 heldout_unseen for the emoji) and for all images, each with the real images' value (the
 ceiling) beside the generated images' (pictor.evaluation.clip_metrics).
@@ -103,17 +105,36 @@ def load_clip(spec: str | Path) -> ClipJudge:
 # Data sets and hard negatives
 # ---------------------------------------------------------------------------------------------
 class _Set:
-    """One data set as the judge sees it: uint8 images, captions, extras."""
+    """One data set as the judge sees it: uint8 images, captions, extras. A folder that is no
+    data set (no manifest.json, no metadata.jsonl) but holds PNGs of `pictor generate` is read
+    with each image's prompt, from its provenance record, as its caption."""
 
     def __init__(self, path: str | Path, image_size: int, what: str) -> None:
-        from pictor.data.loader import open_dataset
+        from pictor.data.loader import METADATA_FILE, open_dataset
+        from pictor.data.shards import MANIFEST_FILE
 
         path = Path(path)
         if not path.is_dir():
             raise ValueError(f"{what} set {str(path)!r} is not a folder")
+        if not (path / MANIFEST_FILE).is_file() and not (path / METADATA_FILE).is_file():
+            self._read_generated_pngs(path, image_size)
+            return
         dataset = open_dataset(path, image_size)
         self.images = load_images_uint8(dataset)                       # (N, 3, H, W)
         self.captions, self.extras = dataset.captions, dataset.extras
+
+    def _read_generated_pngs(self, path: Path, image_size: int) -> None:
+        from pictor.data.loader import load_image
+        from pictor.evaluation.clip_training import to_uint8
+        from pictor.provenance import read_provenance
+
+        files = sorted(path.glob("*.png"))
+        if not files:
+            raise ValueError(f"{path} is not a data set: it holds neither manifest.json, "
+                             "metadata.jsonl nor PNGs of `pictor generate`")
+        self.captions = [read_provenance(f).prompt for f in files]
+        self.extras = [{} for _ in files]
+        self.images = to_uint8(torch.stack([load_image(f, image_size) for f in files]))
 
 
 def emoji_hard_negatives(captions: Sequence[str], extras: Sequence[dict],
