@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from pictor.cli.main import main
+from pictor.config import load_config
 from pictor.evaluation.clip_eval import load_clip
 from pictor.evaluation.clip_metrics import distinct, r_precision
-from pictor.evaluation.clip_training import load_images_uint8
+from pictor.evaluation.clip_training import ClipTrainConfig, load_images_uint8
 from pictor.networks.clip import ClipModel
 from pictor.provenance import ProvenanceRecord, save_png
 
@@ -72,6 +73,9 @@ def test_train_clip_learns_the_captions_of_its_data(trained):
     assert learned.value > 0.3 > 0.05 > untrained.value
     summary = json.loads((clip_dir / "training_summary.json").read_text())
     assert summary["steps"] == 30 and summary["fit_r_precision"]["value"] > 0.3
+    # the run's resolved config reads back through the project's YAML loader
+    saved = load_config(clip_dir / "config.yaml", ClipTrainConfig)
+    assert saved.training.max_steps == 30 and saved.model == judge.config
 
 
 def write_imagefolder(folder, images, captions):
