@@ -177,8 +177,9 @@ def shift_images(x: torch.Tensor, shift_px: int, generator: torch.Generator) -> 
 def _optimizer(model: ClipModel, o: OptimizerConfig) -> torch.optim.Optimizer:
     # CLIP decays only the weight matrices and kernels: gains, biases, the pooling query and
     # the temperature are left alone.
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    other = [p for p in model.parameters() if p.ndim < 2]
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and n != "text_head.query"]
+    other = [p for n, p in named if p.ndim < 2 or n == "text_head.query"]
     return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                               {"params": other, "weight_decay": 0.0}],
                              lr=o.lr, betas=o.betas, eps=o.eps)

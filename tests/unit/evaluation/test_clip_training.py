@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pictor.config import load_config
+from pictor.config import OptimizerConfig, load_config
 from pictor.evaluation.clip_training import (
     ClipTrainConfig,
+    _optimizer,
     clip_loss,
     shift_images,
     to_uint8,
@@ -91,6 +92,18 @@ def test_towers_give_unit_vectors_and_ignore_padding_tokens():
     assert torch.allclose(model.encode_text(changed, mask), txt, atol=1e-6)
     assert model(x, emb, mask).shape == (3, 3)
     assert float(model.scale().detach()) == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_weight_decay_reaches_weight_matrices_only():
+    model = ClipModel(SMALL)
+    groups = _optimizer(model, OptimizerConfig(weight_decay=0.05)).param_groups
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert "image_tower.proj.weight" in names and "text_head.attn.in_proj_weight" in names
+    assert not names & {"logit_scale", "text_head.query", "image_tower.proj.bias"}
+    assert all(p.ndim >= 2 for p in groups[0]["params"])  # no gains or biases (norms included)
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
 
 
 def test_clip_safetensors_round_trip(tmp_path):
