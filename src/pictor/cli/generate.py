@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "shapes-v10"
+DEFAULT_MODEL_NAME = "shapes-v11"
 
 
 def default_model_dir() -> Path:
@@ -130,11 +130,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="guide only while the noise level sigma is in [LO, HI] (no HI: no upper "
                         "bound), the conditional prediction alone elsewhere, which is faster; "
                         "'all' guides every step (default 1, i.e. sigma >= 1)")
-    p.add_argument("--layout", choices=("on", "off"), default="on",
+    p.add_argument("--layout", choices=("on", "off"), default="off",
                    help="layout guidance: a prompt that states one spatial relation (\"A to the "
                         "left of B\", right of, above, below) has A's and B's words steered to "
                         "their sides in the first steps, and count words (two, three, ...) weigh "
-                        "more there (default on; docs/grounding.md)")
+                        "more there (default off since shapes-v11: docs/alignment.md; docs/grounding.md)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
                    help="compute dtype of the U-Net (default auto: bfloat16 where the CPU or GPU "
                         "has it natively, else float32); the record names the one used")

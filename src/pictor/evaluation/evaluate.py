@@ -1,10 +1,10 @@
 """One evaluation: a prompt suite scored for one or more models, sweeps over sampling settings,
 and distribution metrics against real renders of the same prompts.
 
-    evaluation = evaluate([load_pipeline("models/shapes-v10")], images_per_prompt=4,
+    evaluation = evaluate([load_pipeline("models/shapes-v11")], images_per_prompt=4,
                           sweeps={"steps": [5, 10, 20, 50]},
                           features=load_feature_extractor("shapes"))
-    write_report(evaluation, "reports/shapes-v10")          # pictor.evaluation.report
+    write_report(evaluation, "reports/shapes-v11")          # pictor.evaluation.report
 
 What runs:
 - every model at the base settings (`SamplingSettings`) through `run_suite`: per-category pass

@@ -38,7 +38,9 @@ with which shape) improved from 0.45 to 0.61 on geneval-shapes, for ~15% more ti
 shapes-v3 added 2-D position features to every attention block (`position_frequencies`),
 trained with plain v-MSE instead of min-SNR weighting; shapes-v5 added a text adapter
 (`text_adapter_layers`), trained with a grounding loss on the colour words and Stable Target
-Field targets (docs/grounding.md); the shipped shapes-v10 is that recipe trained longer.
+Field targets (docs/grounding.md); shapes-v10 is that recipe trained longer; the shipped
+shapes-v11 adds learned token positions to the adapter and a learned layout prior
+(`layout_prior_width`, pictor.networks.layout_prior; docs/alignment.md).
 benchmarks/train_throughput.py compares this with diffusers' UNet2DConditionModel of the same
 size (BENCHMARKS.md).
 """
