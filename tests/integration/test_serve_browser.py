@@ -55,7 +55,8 @@ def test_page_generates_an_image_with_its_metadata(tmp_path, tmp_path_factory):
             page.fill("#prompt", PROMPT)
             page.fill("#seed", "5")
             page.fill("#steps", "6")
-            assert page.is_checked("#layout")  # layout guidance is on by default
+            assert not page.is_checked("#layout")  # layout guidance is off by default
+            page.check("#layout")
             page.uncheck("#layout")
             page.click("#generate")
             figure = page.wait_for_selector("figure.result img")

@@ -46,10 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="vary one setting (steps, guidance, sampler or layout=on,off), the "
                         "others at their base values; repeatable, e.g. --sweep steps=5,10,20,50")
-    p.add_argument("--layout", choices=("on", "off"), default="on",
+    p.add_argument("--layout", choices=("on", "off"), default="off",
                    help="layout guidance for prompts that state a spatial relation or a count "
-                        "(default on; "
-                        "off: the model alone)")
+                        "(default off: the model alone; on: add the rule)")
     p.add_argument("--compare", nargs="+", action="extend", default=[], metavar="DIR",
                    help="further model folders to compare at the base settings")
     p.add_argument("--features", default="shapes",

@@ -80,7 +80,7 @@ def run_suite(
     base_seed: int = 0,
     progress: bool = True,
     on_image: Callable[[Any, ScoreResult], None] | None = None,
-    layout: bool = True,
+    layout: bool = False,
 ) -> SuiteReport:
     """Generate and score every prompt of `suite`; see the module docstring."""
     from tqdm import tqdm
