@@ -147,10 +147,21 @@ def test_validation_scores_the_suites_and_the_start_once(base_model, tmp_path):
     base = json.loads((run / "baseline.json").read_text())
     records = read_validation(run)
     assert [r["step"] for r in records] == [2, 4]
+    categories = ("single_object", "colors", "two_object", "color_attr", "counting", "position")
+    images = 16 * 2  # validation-shapes: 16 prompts per category, 2 images per prompt
     for scores in [base] + [r["scores"] for r in records]:
-        assert 0.0 <= scores["val/validation-shapes/overall"] <= 1.0
+        per_category = [scores[f"val/validation-shapes/{c}"] for c in categories]
+        for rate in per_category:  # pass counts of 32 real verdicts, not a free float
+            assert rate * images == pytest.approx(round(rate * images), abs=1e-6)
+        assert scores["val/validation-shapes/overall"] == pytest.approx(sum(per_category) / 6)
         assert scores["val/validation-shapes/fd"] > 0
         assert scores["val/validation-shapes/diversity_ratio"] > 0
+    for r in records:  # the stated bounds, against the start's figures
+        s = r["scores"]
+        within = (s["val/validation-shapes/fd"] <= 1.25 * base["val/validation-shapes/fd"]
+                  and s["val/validation-shapes/diversity_ratio"]
+                  >= 0.9 * base["val/validation-shapes/diversity_ratio"])
+        assert r["accepted"] == within, r
     chosen = json.loads((run / "final" / "selection.json").read_text())
     accepted = [r["step"] for r in records if r["accepted"]]
     assert chosen["chosen_step"] in (accepted or [None])
