@@ -309,7 +309,17 @@ def decode_image(data: bytes, options: PrepareOptions) -> DecodedImage:
                 request = _draft_size(width, height, options.image_size, options.resize)
                 if request is not None:
                     im.draft(None, request)
+            # The address-space limit of the record's process cannot see memory it reuses from
+            # what it inherited (Pillow decodes in 16 MB blocks, which a long-lived parent's free
+            # heap can hold): refuse a decode that cannot fit before it starts.
+            decoded = im.size[0] * im.size[1] * 4  # Pillow stores a pixel in up to 4 bytes
+            if decoded > options.max_record_memory_bytes:
+                raise RecordError("out_of_memory", f"decoding {im.size[0]} x {im.size[1]} needs "
+                                  f"~{decoded} bytes > max_record_memory_bytes="
+                                  f"{options.max_record_memory_bytes}")
             im.load()
+        except RecordError:
+            raise
         except Exception as error:
             reason = "truncated_image" if "truncated" in str(error).lower() else "corrupt_image"
             raise _decode_error(reason, error) from None
