@@ -62,7 +62,7 @@ def test_eval_writes_every_report_file(model_dir, random_model_dir, tmp_path, ca
     settings = data["models"][0]["settings"]
     assert settings == {"num_steps": 2, "sampler": "dpm++2m", "guidance_scale": 4.0,
                         "guidance_interval": [1.0, None],
-                        "compute_dtype": settings["compute_dtype"], "layout": True}
+                        "compute_dtype": settings["compute_dtype"], "layout": False}
     assert settings["compute_dtype"] in ("float32", "bfloat16")
     main = data["models"][0]
     # the scores are the pass rates of the listed images (not merely numbers in [0, 1])

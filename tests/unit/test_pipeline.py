@@ -306,7 +306,8 @@ def test_layout_guidance_changes_only_prompts_with_a_plan_and_is_recorded(pipe):
     off = pixels(pipe.generate(RELATION, num_images=2, seed=3, num_steps=6, layout=False))
     on = pixels(pipe.generate(RELATION, num_images=2, seed=3, num_steps=6, layout=True))
     assert not np.array_equal(off[0], on[0])
-    assert np.array_equal(on[1], pixels(pipe.generate(RELATION, seed=4, num_steps=6))[0])
+    assert np.array_equal(on[1], pixels(pipe.generate(RELATION, seed=4, num_steps=6,
+                                                          layout=True))[0])
     # the bias only acts on steps with t >= min_t: above every timestep it changes nothing
     before = pipe.layout_settings
     try:
@@ -322,7 +323,7 @@ def test_count_emphasis_changes_count_prompts_and_records_its_rules(pipe):
 
     count = "three red circles"
     off = pipe.generate(count, num_images=2, seed=3, num_steps=6, layout=False)
-    on = pipe.generate(count, num_images=2, seed=3, num_steps=6)  # default: every rule
+    on = pipe.generate(count, num_images=2, seed=3, num_steps=6, layout=True)  # every rule
     relation_only = pipe.generate(count, num_images=2, seed=3, num_steps=6, layout=["relation"])
     assert not np.array_equal(pixels(off)[0], pixels(on)[0])
     assert all(np.array_equal(a, b)

@@ -58,12 +58,14 @@ def test_batch_of_different_prompts_equals_solo_calls(pipe):
 
 def test_layout_guided_requests_batch_and_equal_solo_calls(pipe):
     relations = [GenerationRequest("a red circle above a blue square", num_images=2, seed=3,
-                                   num_steps=8),
+                                   num_steps=8, layout=True),
                  GenerationRequest("a white star below a green circle", num_images=1, seed=9,
-                                   num_steps=8)]
+                                   num_steps=8, layout=True)]
     assert_batch_equals_solo(pipe, relations)
-    counts = [GenerationRequest("three white stars", num_images=1, seed=5, num_steps=8),
-              GenerationRequest("four red circles", num_images=2, seed=1, num_steps=8)]
+    counts = [GenerationRequest("three white stars", num_images=1, seed=5, num_steps=8,
+                                layout=True),
+              GenerationRequest("four red circles", num_images=2, seed=1, num_steps=8,
+                                layout=True)]
     assert_batch_equals_solo(pipe, counts)
     unsteered = replace(relations[0], layout=False)
     assert batch_key(pipe, unsteered) != batch_key(pipe, relations[0])
