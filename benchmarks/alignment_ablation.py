@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             for suite in SUITES:
                 report = run_suite(pipe, suite, images_per_prompt=args.images_per_prompt,
                                    layout=layout, progress=False)
-                counts = {c: sum(r.passed for r in report.results if r.category == c)
-                          for c in CATEGORIES}
-                total = {c: sum(r.category == c for r in report.results) for c in CATEGORIES}
+                outcomes = report.outcomes_by_category()
+                counts = {c: sum(outcomes[c]) for c in CATEGORIES}
+                total = {c: len(outcomes[c]) for c in CATEGORIES}
                 data.append({"name": name, "model": str(folder), "model_sha256": pipe.model_sha256,
                              "layout_prior_strength": strength, "layout_guidance": layout,
                              "suite": suite, "passes": counts, "images": total,

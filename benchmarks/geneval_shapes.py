@@ -35,10 +35,7 @@ def overall_interval(report) -> tuple[float, float]:
     """95% interval of the overall score (the plain mean of the category pass rates)."""
     from pictor.evaluation.evaluate import mean_rate_interval
 
-    outcomes: dict[str, list[bool]] = {}
-    for r in report.results:
-        outcomes.setdefault(r.category, []).append(r.passed)
-    return mean_rate_interval(outcomes)
+    return mean_rate_interval(report.outcomes_by_category())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pictor.data.suites import DEFAULT_SUITE, get_suite, image_seed
-from pictor.evaluation.scorer import ScoreResult, aggregate, score_image
+from pictor.evaluation.scorer import ScoreResult, aggregate, outcomes_by_category, score_image
 
 
 class _Generates(Protocol):  # pictor.pipeline.Pipeline
@@ -47,6 +47,10 @@ class SuiteReport:
     results: list[ScoreResult] = field(default_factory=list)  # r.prompt: the canonical form
     seeds: list[int] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)  # what the model was given, per image
+
+    def outcomes_by_category(self) -> dict[str, list[bool]]:
+        """Each category's verdicts (passed or not), in image order."""
+        return outcomes_by_category(self.results)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,12 +115,9 @@ def run_suite(
     bar.close()
     elapsed = time.perf_counter() - start
     scores = aggregate(results)
-    intervals = {}
-    for category in scores:
-        if category == "overall":
-            continue
-        outcomes = [r.passed for r in results if r.category == category]
-        intervals[category] = wilson_interval(sum(outcomes), len(outcomes))
+    outcomes = outcomes_by_category(results)
+    intervals = {c: wilson_interval(sum(outcomes[c]), len(outcomes[c]))
+                 for c in scores if c != "overall"}
     from pictor.pipeline import DEFAULT_GUIDANCE_INTERVAL, guidance_interval_value
 
     settings = {"images_per_prompt": images_per_prompt, "num_steps": num_steps,

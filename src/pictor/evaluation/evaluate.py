@@ -300,13 +300,6 @@ class Evaluation:
     elapsed_seconds: float = 0.0
 
 
-def _outcomes_by_category(report: SuiteReport) -> dict[str, list[bool]]:
-    out: dict[str, list[bool]] = {}
-    for r in report.results:
-        out.setdefault(r.category, []).append(r.passed)
-    return out
-
-
 def evaluate(pipelines: Sequence[Generates], *, suite: str = DEFAULT_SUITE,
              images_per_prompt: int = 4, settings: SamplingSettings = SamplingSettings(),
              sweeps: dict[str, Sequence[Any]] | None = None,
@@ -345,7 +338,7 @@ def evaluate(pipelines: Sequence[Generates], *, suite: str = DEFAULT_SUITE,
                            guidance_scale=at.guidance_scale, base_seed=base_seed,
                            progress=progress, layout=at.layout,
                            on_image=lambda generated, _: images.append(generated.image))
-        run = RunResult(at, report, mean_rate_interval(_outcomes_by_category(report)))
+        run = RunResult(at, report, mean_rate_interval(report.outcomes_by_category()))
         if features is not None:
             size = int(getattr(pipe, "image_size", CANVAS_SIZE_PX))
             if size not in references:

@@ -300,15 +300,21 @@ def score_batch(
     ]
 
 
+def outcomes_by_category(results: Iterable[ScoreResult]) -> dict[str, list[bool]]:
+    """{category: [passed, ...]} of judged images, categories in order of first appearance."""
+    out: dict[str, list[bool]] = {}
+    for result in results:
+        out.setdefault(result.category, []).append(result.passed)
+    return out
+
+
 def aggregate(results: Iterable[ScoreResult]) -> dict[str, float]:
     """Pass rate per category and "overall", the plain mean of the category scores (GenEval).
 
     With all six categories present "overall" is the spec's mean of six; categories without
     results are left out (and so out of the mean) rather than counted as zero.
     """
-    passed: dict[str, list[bool]] = {}
-    for result in results:
-        passed.setdefault(result.category, []).append(result.passed)
+    passed = outcomes_by_category(results)
     scores = {c: float(np.mean(passed[c])) for c in CATEGORIES if c in passed}
     if not scores:
         raise ValueError("no results to aggregate")
