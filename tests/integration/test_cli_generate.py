@@ -49,6 +49,54 @@ def test_generate_writes_new_files_with_records(model_dir, tmp_path, capsys):
     assert shown["seed"] == 7 and shown["xmp_digital_source_type"] == DIGITAL_SOURCE_TYPE
 
 
+def test_prompts_from_a_file_or_a_data_set_matches_one_prompt_at_a_time(model_dir, tmp_path,
+                                                                         capsys):
+    prompts = ["a red circle", "two stars", "a blue square above a green triangle"]
+    text = tmp_path / "prompts.txt"
+    text.write_text("\n".join([prompts[0], "", prompts[1], "  ", prompts[2], ""]),
+                    encoding="utf-8")
+    folder = tmp_path / "set"
+    folder.mkdir()
+    # an imagefolder whose captions repeat: each distinct caption is generated once
+    rows = [{"file_name": f"{i}.png", "text": prompts[i % 3]} for i in range(5)]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for i in range(5):
+        Image.new("RGB", (64, 64), "white").save(folder / f"{i}.png")
+
+    for source, out in ((text, tmp_path / "from-file"), (folder, tmp_path / "from-set")):
+        assert main(["generate", "--prompts-from", str(source), "--model", str(model_dir),
+                     "-o", str(out), "--steps", "6", "-n", "2", "--seed", "3"]) == 0
+        assert "wrote 6 images of 3 prompts" in capsys.readouterr().out
+        made = sorted(out.glob("*.png"))
+        by_prompt = {}
+        for path in made:
+            record = read_provenance(path)
+            by_prompt.setdefault(record.prompt, []).append((record.seed, path))
+        assert sorted(by_prompt) == sorted(prompts)
+        assert all(sorted(s for s, _ in v) == [3, 4] for v in by_prompt.values())
+        single = generate(model_dir, tmp_path / f"single-{out.name}", capsys, "-n", "2",
+                          "--seed", "3")
+        first = dict(by_prompt[PROMPT])
+        assert np.array_equal(np.asarray(Image.open(first[3])), np.asarray(Image.open(single[0])))
+
+
+def test_prompts_from_errors_exit_2(model_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    cases = [(["generate", "--model", str(model_dir)], "one of the two"),
+             (["generate", "a red circle", "--prompts-from", str(empty)], "one of the two"),
+             (["generate", "--prompts-from", str(empty)], "holds no prompt"),
+             (["generate", "--prompts-from", str(binary)], "cannot read it"),
+             (["generate", "--prompts-from", str(tmp_path / "nothing.txt")], "cannot read it"),
+             (["generate", "--prompts-from", str(tmp_path)], "is not a data set")]
+    for argv, reason in cases:
+        assert main([*argv, "-o", str(tmp_path / "out")]) == 2, argv
+        assert reason in capsys.readouterr().err, argv
+    assert not (tmp_path / "out").exists()
+
+
 def test_reproduce_matches_and_detects_changes(model_dir, tmp_path, capsys):
     [path] = generate(model_dir, tmp_path, capsys, "-n", "1", "--seed", "3",
                       "--negative", "a blue square", "--guidance", "2.5")

@@ -3,6 +3,7 @@ provenance record written into every PNG and read back.
 
     pictor generate "a red circle" [-n 4] [--seed 7] [--steps 20] [--sampler dpm++2m]
                     [--guidance 4] [--negative "..."] [--model DIR] [-o outputs/]
+    pictor generate --prompts-from FILE_OR_DATASET [-n 1] ...   # many prompts, one model load
     pictor inspect IMAGE                      # the record as JSON (+ the XMP source type)
     pictor reproduce IMAGE [--model DIR] [-o FILE]   # exit 0: identical pixels, 1: not
 
@@ -116,7 +117,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="Generate images for a prompt (PNG + provenance).",
                               description="Generate images for a prompt; each PNG carries its "
                                           "provenance record (see `pictor inspect`).")
-    p.add_argument("prompt", help='the text prompt ("" for unconditional samples)')
+    p.add_argument("prompt", nargs="?", default=None,
+                   help='the text prompt ("" for unconditional samples)')
+    p.add_argument("--prompts-from", type=Path, default=None, metavar="PATH",
+                   help="instead of PROMPT: every prompt of a text file (one per line, blank "
+                        "lines skipped) or every distinct caption of a data set (prepared "
+                        "shards or an imagefolder), each with -n images; e.g. a held-out split "
+                        "to judge with `pictor eval-clip --generated`")
     p.add_argument("-n", "--num-images", type=int, default=4, help="images to make (default 4)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the first image; image i uses seed + i (default 0)")
@@ -156,25 +163,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_reproduce)
 
 
+def read_prompts(path: Path) -> list[str]:
+    """--prompts-from: the distinct captions of a data set folder in first-seen order, or the
+    non-blank lines of a UTF-8 text file. ValueError when there is none or it cannot be read."""
+    if path.is_dir():
+        from pictor.data.loader import open_dataset
+
+        prompts = list(dict.fromkeys(open_dataset(path).captions))
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--prompts-from {str(path)!r}: cannot read it ({err})") from None
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts-from {str(path)!r} holds no prompt")
+    return prompts
+
+
 def run_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from pictor.prompts import check_prompt
     from pictor.provenance import save_png
 
+    if (args.prompt is None) == (args.prompts_from is None):
+        return _error("give a PROMPT or --prompts-from PATH (one of the two)")
     try:
-        check_prompt(args.prompt)
+        prompts = [args.prompt] if args.prompts_from is None else read_prompts(args.prompts_from)
+        for prompt in prompts:
+            check_prompt(prompt)
         check_prompt(args.negative, "negative prompt")
         pipe, guidance = load_for_sampling(args)
-        images = pipe.generate(args.prompt, num_images=args.num_images, seed=args.seed,
-                               num_steps=args.steps, sampler=args.sampler,
-                               guidance_scale=guidance, negative_prompt=args.negative,
-                               guidance_interval=_interval(args.guidance_interval),
-                               layout=args.layout == "on")
     except ValueError as err:
         return _error(str(err))
-    for g in images:
-        path = unique_path(args.output_dir, f"{slug(args.prompt)}-seed{g.record.seed}")
-        save_png(g.image, path, g.record)
-        print(path)
+    many = len(prompts) > 1
+    for prompt in tqdm(prompts, desc="generate", unit="prompt", disable=not many):
+        try:
+            images = pipe.generate(prompt, num_images=args.num_images, seed=args.seed,
+                                   num_steps=args.steps, sampler=args.sampler,
+                                   guidance_scale=guidance, negative_prompt=args.negative,
+                                   guidance_interval=_interval(args.guidance_interval),
+                                   layout=args.layout == "on")
+        except ValueError as err:
+            return _error(str(err))
+        for g in images:
+            path = unique_path(args.output_dir, f"{slug(prompt)}-seed{g.record.seed}")
+            save_png(g.image, path, g.record)
+            if not many:
+                print(path)
+    if many:
+        print(f"wrote {len(prompts) * args.num_images} images of {len(prompts)} prompts to "
+              f"{args.output_dir}/")
     return 0
 
 
