@@ -29,7 +29,9 @@ STEPS = [*MICRO_MODEL, "--training.batch_size=8", "--training.max_steps=12",
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # Spark's driver binds to loopback, not to the machine's network address
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "SPARK_LOCAL_IP": "127.0.0.1"}
     done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, f"{args[:4]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
