@@ -147,6 +147,20 @@ def test_served_model_refuses_bad_requests_with_400_and_keeps_serving(server):
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
 
 
+@pytest.mark.slow
+def test_the_model_runs_the_exported_code(exported):
+    """MLflow puts OUT/code first on sys.path: a fresh process that loads the model imports
+    pictor from there (what a serving container without a pictor wheel relies on)."""
+    script = ("import mlflow.pyfunc, sys; mlflow.pyfunc.load_model(sys.argv[1]); "
+              "import pictor; print(pictor.__file__)")
+    done = subprocess.run([sys.executable, "-c", script, str(exported)], capture_output=True,
+                          text=True, timeout=300, cwd=exported.parent,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = Path(done.stdout.strip().splitlines()[-1])
+    assert imported == exported / "code" / "pictor" / "__init__.py"
+
+
 def test_export_refuses_a_bad_model_folder_and_a_used_out(tmp_path, capsys):
     assert main(["export-mlflow", str(tmp_path / "none"), str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -47,11 +47,15 @@ def pinned_requirements() -> list[str]:
     the version installed here, as pip requirement lines."""
     from packaging.requirements import Requirement
 
-    names = [Requirement(line).name for line in metadata.requires("pictor") or []
-             if "extra ==" not in line]
+    try:
+        names = [Requirement(line).name for line in metadata.requires("pictor") or []
+                 if "extra ==" not in line]
+        versions = {name: metadata.version(name) for name in [*names, "mlflow"]}
+    except metadata.PackageNotFoundError as err:
+        raise ValueError(f"{err.name} is not installed here, so its version cannot be pinned; "
+                         "install pictor with pip (pip install -e '.[databricks]') first") from None
     lines = []
-    for name in [*names, "mlflow"]:
-        version = metadata.version(name)
+    for name, version in versions.items():
         if name == "torch" and version.endswith("+cpu"):
             lines.insert(0, f"--extra-index-url {TORCH_CPU_INDEX}")
         lines.append(f"{name}=={version}")
