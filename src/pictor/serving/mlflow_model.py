@@ -60,14 +60,23 @@ class PictorModel(PythonModel):
 
     # No type hints on predict: MLflow 3 would read them as the model's schema, which the
     # explicit signature (signature()) gives.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         import pandas as pd
         from mlflow.exceptions import MlflowException
+
+        from pictor.pipeline import canonical_sampler_name
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(
             model_input)
         try:
             requests = parse_requests(frame.to_dict(orient="records"), self.limits)
+            for i, request in enumerate(requests):  # every row checked before any image
+                try:
+                    canonical_sampler_name(request.sampler)
+                    self.pipeline.check_args(request.n, request.seed, request.steps,
+                                             request.guidance)
+                except ValueError as err:
+                    raise ValueError(f"row {i}: {err}") from None
             rows = []
             for i, request in enumerate(requests):
                 for generated in self.pipeline.generate(
@@ -76,6 +85,6 @@ class PictorModel(PythonModel):
                         guidance_scale=request.guidance):
                     rows.append({"row": i, "image": png_base64(generated.image, generated.record),
                                  "record": generated.record.to_json()})
-        except ValueError as err:  # bad input: 400 from the scoring server, nothing made
+        except ValueError as err:  # bad input: 400 from the scoring server
             raise MlflowException.invalid_parameter_value(str(err)) from None
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
