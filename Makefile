@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -e ".[dev,serve,spark,emoji]" "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -e ".[dev,serve,spark,emoji,databricks]" "torch==$(TORCH_VERSION)"
 	touch $@
 
 demo: $(VENV)/.installed

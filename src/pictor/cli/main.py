@@ -14,7 +14,8 @@ import sys
 from pictor import __version__
 
 # Listed explicitly (no discovery by globals()): adding a command means adding its module here.
-COMMAND_MODULES = ("data", "train", "generate", "explain", "eval", "clip", "serve")
+COMMAND_MODULES = ("data", "train", "generate", "explain", "eval", "clip", "serve",
+                   "databricks")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@ Overrides are dotted paths into the config (see pictor.config), always in the `-
 form. `--resume latest` continues from the newest complete checkpoint of the run folder (or
 starts fresh if there is none); `--resume PATH` from a given checkpoint folder, whose saved
 config is used when --config is omitted. Under torchrun, every process runs the same command
-(see pictor.training.distributed).
+(see pictor.training.distributed); `--launcher spark --num-processes N` starts the N processes
+through Spark's TorchDistributor instead (pictor.training.spark).
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ def _add(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> a
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = _add(subparsers, "train", "Train the text-conditional diffusion U-Net.")
+    p.add_argument("--launcher", choices=("local", "spark"), default="local",
+                   help="local: this process (or each process torchrun started); spark: "
+                        "--num-processes processes through Spark's TorchDistributor "
+                        "(pictor.training.spark; default local)")
+    p.add_argument("--num-processes", type=int, default=2,
+                   help="with --launcher spark: processes (ranks) in all (default 2)")
+    p.add_argument("--spark-mode", choices=("local", "cluster"), default="local",
+                   help="with --launcher spark: local runs the processes on the driver, cluster "
+                        "as barrier tasks on the executors (default local)")
+    p.add_argument("--spark-master", default=None, metavar="URL",
+                   help="with --launcher spark: Spark master when no session is active "
+                        "(default: the active session, else local[*])")
     p.set_defaults(func=run_train)
     p = _add(subparsers, "train-autoencoder",
              "Train the KL autoencoder for latent diffusion; stores its latent scaling_factor.")
@@ -148,9 +161,11 @@ def _run(args: argparse.Namespace, which: str) -> int:
             config = _resolve_config(args, FinetuneConfig)
             result = finetune(config, resume=args.resume)
         elif which == "train":
+            config = _resolve_config(args, TrainConfig)
+            if args.launcher == "spark":
+                return _train_on_spark(args, config)
             from pictor.training.trainer import train
 
-            config = _resolve_config(args, TrainConfig)
             result = train(config, resume=args.resume)
         else:
             from pictor.training.autoencoder import train_autoencoder
@@ -167,6 +182,23 @@ def _run(args: argparse.Namespace, which: str) -> int:
         final = f"last loss {result.losses[-1]:.5f}, " if result.losses else ""
         print(f"done: step {result.step}, {final}run folder {result.run_dir}, "
               f"checkpoint {result.last_checkpoint}")
+    return 0
+
+
+def _train_on_spark(args: argparse.Namespace, config) -> int:
+    from pictor.training.checkpoints import find_latest
+    from pictor.training.spark import SparkLaunch, train_with_torch_distributor
+
+    launch = SparkLaunch(num_processes=args.num_processes, mode=args.spark_mode,
+                         master=args.spark_master)
+    try:
+        summary = train_with_torch_distributor(config, launch, resume=args.resume)
+    except RuntimeError as e:  # a process failed; TorchDistributor quotes its last lines
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    run_dir = Path(summary["run_dir"])
+    print(f"done: step {summary['step']} on {args.num_processes} processes (TorchDistributor), "
+          f"run folder {run_dir}, checkpoint {find_latest(run_dir / 'checkpoints')}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The prepare job on Spark: the same transform, run by mapInArrow on `local[*]` or a cluster.
 
-This is the only module that imports pyspark (an optional extra: `pip install pictor[spark]`,
-plus Java 17+). `pictor.data.engine.prepare_dataset(..., engine="spark")` calls `run_spark`;
+This and pictor.training.spark (TorchDistributor) are the only modules that import pyspark (an
+optional extra: `pip install pictor[spark]`, plus Java 17+). `pictor.data.engine.prepare_dataset(..., engine="spark")` calls `run_spark`;
 the rules (order, de-duplication, counts) are the engine module's, the per-record work is
 pictor.data.prepare's and the input handling pictor.data.inputs', all run inside Python
 workers, so both engines write the same records.
