@@ -83,5 +83,13 @@ class ModelsOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: str  # ok | degraded (worker thread not running)
+    # ok | starting (model loading or warming: alive, not ready) | degraded (worker thread
+    # not running: 503) | failed (the model did not load: 503)
+    status: str
     queue: dict[str, Any]
+
+
+class ReadyOut(BaseModel):
+    status: str  # loading | warming | failed: 503; ready: 200
+    error: str | None  # why loading failed
+    warmup_seconds: float | None  # how long the warm-up generation took
