@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import os
 import re
 import subprocess
 import sys
@@ -133,14 +135,21 @@ def test_docs_snippets_run_as_written(servers, tmp_path):
     doc = (ROOT / "docs" / "deploy.md").read_text()
     python = re.search(r"<!-- tested: openai -->\n```python\n(.*?)```", doc, re.S).group(1)
     curl = re.search(r"<!-- tested: curl -->\n```bash\n(.*?)```", doc, re.S).group(1)
-    env = {"PATH": "/usr/bin:/bin", "PICTOR_TOKEN": TOKEN}
-    for name, cmd in (("openai", [sys.executable, "-c", python]), ("curl", ["bash", "-ec", curl])):
+    # this interpreter's bin folder first: `python3` and `pictor` as a user's venv gives them
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PICTOR_TOKEN": TOKEN,
+           "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    for name, cmd, seeds in (("openai", [sys.executable, "-c", python], [7, 8]),
+                             ("curl", ["bash", "-ec", curl], [7])):
         cmd = [c.replace("http://127.0.0.1:8000", a) for c in cmd]
         out = tmp_path / name
         out.mkdir()
-        subprocess.run(cmd, cwd=out, env=env, check=True, timeout=120)
-        [png] = sorted(out.glob("*.png"))
-        assert read_provenance(png).synthetic
+        result = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        records = [read_provenance(png) for png in sorted(out.glob("*.png"))]
+        assert [r.seed for r in records] == seeds and all(r.synthetic for r in records)
+        if name == "curl":  # `pictor inspect` printed the record
+            assert json.loads(result.stdout)["seed"] == 7
 
 
 def test_readyz_is_503_until_the_model_is_loaded_and_warmed(tmp_path):
