@@ -5,8 +5,8 @@ Shared by the serving API and browser tests and by benchmarks/serve_load.py:
 
     with running_server(settings, pipe) as base_url:
         httpx.get(base_url + "/healthz")
-    with serve_process(["--model", "models/shapes-v11"], env={"PICTOR_TOKEN": TOKEN}) as url:
-        ...  # ready: /readyz has answered 200
+    with serve_processes(2, ["--model", "models/shapes-v11"], env={"PICTOR_TOKEN": TOKEN}) as urls:
+        ...  # both ready: /readyz has answered 200
 """
 
 from __future__ import annotations
@@ -117,23 +117,31 @@ def wait_ready(base_url: str, proc: subprocess.Popen | None = None,
 
 
 @contextlib.contextmanager
-def serve_process(args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
-    """A `pictor serve ARGS --port <free>` process on loopback (this interpreter, this
-    PYTHONPATH, one thread for torch); yields its base URL once /readyz says ready."""
-    port = free_port()
+def serve_processes(count: int, args: list[str], env: dict[str, str] | None = None
+                    ) -> Iterator[list[str]]:
+    """`count` `pictor serve ARGS --port <free>` processes on loopback (this interpreter, this
+    PYTHONPATH, one thread for torch each), started together; yields their base URLs once
+    every /readyz says ready."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    # output goes to the test's own stderr (pytest shows it on failure); a pipe nobody reads
-    # would fill up with request logs and stall the server
-    proc = subprocess.Popen([sys.executable, "-m", "pictor.cli.main", "serve", *args,
-                             "--port", str(port)], env=full_env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    procs, urls = [], []
     try:
-        wait_ready(url, proc)
-        yield url
+        for _ in range(count):
+            port = free_port()
+            # output goes to the test's own stderr (pytest shows it on failure); a pipe nobody
+            # reads would fill up with request logs and stall the server
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "pictor.cli.main", "serve", *args, "--port", str(port)],
+                env=full_env, stdout=subprocess.DEVNULL))
+            urls.append(f"http://127.0.0.1:{port}")
+        for proc, url in zip(procs, urls, strict=True):
+            wait_ready(url, proc)
+        yield urls
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

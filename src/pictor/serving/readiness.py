@@ -38,7 +38,7 @@ log = logging.getLogger("pictor.serving")
 # (text encoder, guided U-Net, sampler, decoder) once.
 WARMUP_REQUEST = GenerationRequest(prompt="a red circle", num_images=1, seed=0, num_steps=1,
                                    sampler=DEFAULT_SAMPLER)
-RETRY_AFTER_LOADING_SECONDS = 5  # what a 503 during loading tells clients to wait
+RETRY_AFTER_LOADING_SECONDS = 2  # what a 503 during loading tells clients to wait
 
 
 class ModelState(str, Enum):
@@ -61,7 +61,6 @@ class ModelNotLoaded(Exception):
 @dataclass
 class Readiness:
     state: ModelState
-    error: str | None
     warmup_seconds: float | None
 
 
@@ -132,7 +131,7 @@ class ServedModel:
     # ------------------------------------------------------------------ called by routes
     def readiness(self) -> Readiness:
         with self._lock:
-            return Readiness(self._state, self._error, self._warmup_seconds)
+            return Readiness(self._state, self._warmup_seconds)
 
     def loaded(self) -> tuple[Pipeline, JobQueue]:
         """(pipe, jobs) once the model has loaded (warm-up may still run: jobs then wait in

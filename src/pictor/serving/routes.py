@@ -253,6 +253,5 @@ def healthz(request: Request):
 def readyz(request: Request):
     """Readiness: 200 once the model is loaded and one warm-up generation has run."""
     ready = _served(request).readiness()
-    body = ReadyOut(status=ready.state.value, error=ready.error,
-                    warmup_seconds=ready.warmup_seconds).model_dump()
+    body = ReadyOut(status=ready.state.value, warmup_seconds=ready.warmup_seconds).model_dump()
     return JSONResponse(body, status_code=200 if ready.state is ModelState.READY else 503)

@@ -90,6 +90,7 @@ class HealthOut(BaseModel):
 
 
 class ReadyOut(BaseModel):
-    status: str  # loading | warming | failed: 503; ready: 200
-    error: str | None  # why loading failed
+    # loading | warming | failed: 503; ready: 200. Open without a token, so it says no more:
+    # why loading failed is in the server's log and in the 503 of the routes behind the token.
+    status: str
     warmup_seconds: float | None  # how long the warm-up generation took

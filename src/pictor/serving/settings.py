@@ -71,7 +71,7 @@ class ServeSettings:
     # Address to bind. Loopback by default; any other address requires `token`.
     host: str = "127.0.0.1"
     port: int = 8000
-    # Bearer token required on every route but /healthz (and the static page shell). None is
+    # Bearer token required on every route but /healthz, /readyz (and the page shell). None is
     # allowed only on loopback; when set it is required on loopback too.
     token: str | None = None
     # Stamp a visible "AI-generated" label into the pixels, on top of the provenance metadata
