@@ -23,7 +23,14 @@ import numpy as np
 import openai
 import pytest
 from PIL import Image
-from serve_support import TOKEN, running_app, serve_processes, wait_ready
+from serve_support import (
+    TOKEN,
+    running_app,
+    running_server,
+    serve_processes,
+    wait_ready,
+    wait_running,
+)
 
 from pictor.pipeline import load_pipeline, model_digest
 from pictor.provenance import DIGITAL_SOURCE_TYPE, read_digital_source_type, read_provenance
@@ -205,3 +212,24 @@ def test_a_model_that_fails_to_load_is_never_ready_and_not_live(tmp_path):
         # the reason: in the log, and in the 503 of the routes behind the token (none here)
         r = httpx.get(url + "/v1/models")
         assert r.status_code == 503 and "does not exist" in r.json()["detail"]
+
+
+def test_a_full_queue_is_a_rate_limit_error_with_retry_after():
+    """The endpoint shares the async API's queue: behind a running job and a full queue the
+    openai client gets RateLimitError (429) with Retry-After, in OpenAI's error shape."""
+    settings = ServeSettings(token=TOKEN, max_queued_jobs=1, max_batch_images=1,
+                             max_num_steps=1000)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with running_server(settings, load_pipeline(MODEL)) as url, \
+            httpx.Client(base_url=url, headers=auth, timeout=60) as http:
+        wait_ready(url)
+        blocker = http.post("/v1/generations", json={"prompt": "three stars", "steps": 1000})
+        wait_running(http, blocker.json()["id"])
+        queued = http.post("/v1/generations", json={"prompt": "a red circle", "steps": 2})
+        assert queued.status_code == 202  # the queue's one slot
+        with pytest.raises(openai.RateLimitError) as err:
+            client(url).images.generate(prompt="a red circle", extra_body={"steps": 2})
+        assert err.value.code == "queue_full" and err.value.type == "rate_limit_error"
+        assert int(err.value.response.headers["retry-after"]) >= 1
+        for job in (queued, blocker):
+            http.delete(f"/v1/generations/{job.json()['id']}")

@@ -58,13 +58,11 @@ from pictor.pipeline import (
     DEFAULT_NUM_STEPS,
     DEFAULT_SAMPLER,
 )
-from pictor.serving.batching import check_request
 from pictor.serving.jobs import JobStatus, NotCancellable, QueueFull
 from pictor.serving.readiness import RETRY_AFTER_LOADING_SECONDS, ModelNotLoaded
-from pictor.serving.routes import generation_request, limit_problems
+from pictor.serving.routes import checked_request
 from pictor.serving.schemas import GenerationIn
 from pictor.serving.security import OPENAI_PATHS, openai_error
-from pictor.serving.settings import ServeSettings
 
 router = APIRouter()
 
@@ -151,19 +149,12 @@ def pictor_body(body: ImagesGenerationIn) -> GenerationIn:
                         429: {"description": "queue full; see Retry-After"},
                         503: {"description": "the model is loading; see Retry-After"}})
 async def create_image(body: ImagesGenerationIn, request: Request) -> Any:
-    settings: ServeSettings = request.app.state.settings
     pipe, jobs = request.app.state.served.loaded()
     check_openai_fields(body, pipe.model_name, pipe.image_size)
-    gen_body = pictor_body(body)
-    problems = limit_problems(gen_body, settings, pipe.schedule.num_timesteps)
+    gen, problems = checked_request(pictor_body(body), request.app.state.settings, pipe)
     if problems:
         raise OpenAIError(400, "; ".join(why for _, why in problems), param=problems[0][0],
-                          code="beyond_limits")
-    gen = generation_request(gen_body)
-    try:
-        check_request(pipe, gen)  # the pipeline's own checks (sampler name, ...)
-    except ValueError as err:
-        raise OpenAIError(400, str(err), code="invalid_value") from err
+                          code="invalid_value")
     try:
         job = jobs.submit(gen, retained=False)
     except QueueFull as full:

@@ -90,19 +90,24 @@ def limit_problems(body: GenerationIn, settings: ServeSettings, num_timesteps: i
     return problems
 
 
-def limit_violations(body: GenerationIn, settings: ServeSettings, num_timesteps: int
-                     ) -> list[str]:
-    """Why the request exceeds the server's limits (empty list: it does not)."""
-    return [why for _, why in limit_problems(body, settings, num_timesteps)]
-
-
-def generation_request(body: GenerationIn) -> GenerationRequest:
-    """The queue's request for a body; the server picks the seed when the body has none."""
+def checked_request(body: GenerationIn, settings: ServeSettings, pipe: Pipeline
+                    ) -> tuple[GenerationRequest, list[tuple[str | None, str]]]:
+    """The queue's request for a body (the server picks the seed when the body has none) and
+    (field or None, why) for each problem: the server's limits, then the pipeline's own checks
+    (sampler name, ...). Both the async and the OpenAI-compatible route check requests here."""
+    problems: list[tuple[str | None, str]] = []
+    problems += limit_problems(body, settings, pipe.schedule.num_timesteps)
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-    return GenerationRequest(prompt=body.prompt, negative_prompt=body.negative_prompt,
-                             num_images=body.n, seed=seed, num_steps=body.steps,
-                             sampler=body.sampler, guidance_scale=body.guidance,
-                             layout=body.layout)
+    gen = GenerationRequest(prompt=body.prompt, negative_prompt=body.negative_prompt,
+                            num_images=body.n, seed=seed, num_steps=body.steps,
+                            sampler=body.sampler, guidance_scale=body.guidance,
+                            layout=body.layout)
+    if not problems:
+        try:
+            check_request(pipe, gen)
+        except ValueError as err:
+            problems.append((None, str(err)))
+    return gen, problems
 
 
 def job_json(request: Request, job: Job) -> dict:
@@ -126,17 +131,9 @@ def job_json(request: Request, job: Job) -> dict:
              responses={422: {"description": "beyond the limits, with the reasons"},
                         429: {"description": "queue full; see Retry-After"}})
 def create_generation(body: GenerationIn, request: Request):
-    settings: ServeSettings = request.app.state.settings
-    pipe = _pipe(request)
-    reasons = limit_violations(body, settings, pipe.schedule.num_timesteps)
-    gen = generation_request(body)
-    if not reasons:
-        try:
-            check_request(pipe, gen)  # the pipeline's own checks (sampler name, ...)
-        except ValueError as err:
-            reasons.append(str(err))
-    if reasons:
-        raise HTTPException(422, reasons)
+    gen, problems = checked_request(body, request.app.state.settings, _pipe(request))
+    if problems:
+        raise HTTPException(422, [why for _, why in problems])
     try:
         job = _jobs(request).submit(gen)
     except QueueFull as full:
