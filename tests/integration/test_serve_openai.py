@@ -2,7 +2,7 @@
 `pictor serve` processes on loopback serving the shipped model, called with the official
 `openai` client; readiness observed on a real server whose model load waits on the test.
 
-The tests on the two processes are marked slow: starting both (torch import, model load,
+The tests on the two processes (and the abandoned-request test) are marked slow: starting both (torch import, model load,
 warm-up) takes 15 to 35 s on two shared cores. The readiness tests run an in-process server
 and also call the endpoint with the openai client, so the fast suite covers it too."""
 
@@ -233,3 +233,24 @@ def test_a_full_queue_is_a_rate_limit_error_with_retry_after():
         assert int(err.value.response.headers["retry-after"]) >= 1
         for job in (queued, blocker):
             http.delete(f"/v1/generations/{job.json()['id']}")
+
+
+@pytest.mark.slow
+def test_a_client_that_gives_up_frees_the_worker():
+    """A request whose client disconnects (its timeout) is cancelled between two steps instead
+    of running to the end for nobody."""
+    app = create_app(ServeSettings(max_num_steps=1000), load_pipeline(MODEL))
+    with running_app(app) as url:
+        wait_ready(url)
+        jobs = app.state.served.jobs
+        with pytest.raises(httpx.ReadTimeout):  # 1000 steps take tens of seconds here
+            httpx.post(url + "/v1/images/generations", timeout=2,
+                       json={"prompt": "three stars", "steps": 1000})
+        for _ in range(6000):  # until the worker is idle again (cancelled, or finished)
+            stats = jobs.stats()
+            if stats["running_jobs"] == 0 and stats["queued_jobs"] == 0:
+                break
+            threading.Event().wait(0.05)
+        else:
+            pytest.fail("the worker is still busy with the abandoned request")
+        assert jobs.stats()["images_done"] == 0  # cancelled: no image was made

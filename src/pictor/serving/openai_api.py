@@ -48,7 +48,7 @@ from fastapi.exception_handlers import (
     request_validation_exception_handler,
 )
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -58,13 +58,17 @@ from pictor.pipeline import (
     DEFAULT_NUM_STEPS,
     DEFAULT_SAMPLER,
 )
-from pictor.serving.jobs import JobStatus, NotCancellable, QueueFull
+from pictor.serving.jobs import JobQueue, JobStatus, NotCancellable, QueueFull
 from pictor.serving.readiness import RETRY_AFTER_LOADING_SECONDS, ModelNotLoaded
 from pictor.serving.routes import checked_request
 from pictor.serving.schemas import GenerationIn
 from pictor.serving.security import OPENAI_PATHS, openai_error
 
 router = APIRouter()
+# how often a waiting request checks that its client is still connected (a client that gave
+# up, e.g. on its own timeout, would otherwise keep the worker busy for nothing)
+DISCONNECT_POLL_SECONDS = 1.0
+CLIENT_CLOSED_REQUEST = 499
 
 
 class ImagesGenerationIn(BaseModel):
@@ -162,13 +166,20 @@ async def create_image(body: ImagesGenerationIn, request: Request) -> Any:
                           headers={"Retry-After": str(full.retry_after_seconds)}) from full
     events = jobs.subscribe(job, asyncio.get_running_loop())
     try:
-        while not job.finished:  # "done" arrives once; finished covers a job done before
-            event, _ = await events.get()  # subscribe()
+        # "done" arrives once; `finished` covers a job that ended before subscribe()
+        while not job.finished:
+            try:
+                event, _ = await asyncio.wait_for(events.get(), DISCONNECT_POLL_SECONDS)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():  # nobody waits for the images any more
+                    _cancel(jobs, job.id)
+                    # nginx's "client closed request": logged, read by nobody
+                    return Response(status_code=CLIENT_CLOSED_REQUEST)
+                continue
             if event == "done":
                 break
-    except asyncio.CancelledError:  # the client went away: free the worker
-        with contextlib.suppress(NotCancellable):
-            jobs.cancel(job.id)
+    except asyncio.CancelledError:  # the server stops: free the worker
+        _cancel(jobs, job.id)
         raise
     finally:
         jobs.unsubscribe(job, events)
@@ -179,6 +190,11 @@ async def create_image(body: ImagesGenerationIn, request: Request) -> Any:
         created=int(time.time()), size=f"{pipe.image_size}x{pipe.image_size}",
         data=[ImageDataOut(b64_json=base64.b64encode(im.png).decode("ascii"), seed=im.seed)
               for im in job.images])
+
+
+def _cancel(jobs: JobQueue, job_id: str) -> None:
+    with contextlib.suppress(NotCancellable):  # it may have finished meanwhile
+        jobs.cancel(job_id)
 
 
 def install_error_handlers(app: FastAPI) -> None:
