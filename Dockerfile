@@ -7,10 +7,12 @@
 # PICTOR_MODEL at it to serve that instead:
 #   docker run -v "$PWD/runs/shapes/final:/models/mine:ro" -e PICTOR_MODEL=/models/mine ...
 #
-# CPU by default (torch's CPU wheel). For a GPU image, a CUDA base with Python 3.10+ and the
-# matching torch wheel index (torch pins its own CUDA libraries), e.g.
+# CPU by default (torch's CPU wheel). For a GPU image, a CUDA base and the matching torch wheel
+# index (torch brings its own CUDA libraries), then serve with --device cuda:
 #   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04 \
 #                --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 -t pictor:cuda .
+#   docker run --gpus all -p 8000:8000 -e PICTOR_TOKEN pictor:cuda \
+#                serve --host 0.0.0.0 --port 8000 --device cuda
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 

@@ -2,7 +2,7 @@
 
     pictor serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--token-file F]
                  [--visible-mark] [--max-batch-images 16] [--max-queued-jobs 32] [--fast-batching]
-                 [--embedding-disk-cache]
+                 [--embedding-disk-cache] [--device cpu]
 
 Bound to loopback it runs without a token (unless --token-file or $PICTOR_TOKEN gives one, then
 the token is required there too); on any other address it refuses to start without one. Open
@@ -45,7 +45,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding-disk-cache", action="store_true",
                    help="keep prompt embeddings on disk between runs (bounded, least recently "
                         "used out; entries hold prompts in plain text; default off)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device to generate on: cpu (default) or cuda[:N] (the image "
+                        "built on a CUDA base)")
     p.set_defaults(func=run_serve)
+
+
+def serving_device(name: str):
+    """The torch.device of --device; ValueError when torch does not know it or it is a CUDA
+    device this process cannot see (before the server starts, not in its loading thread)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: no CUDA device is visible to this process (torch "
+                         f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: pictor serves on cpu or cuda")
+    return device
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -64,10 +84,11 @@ def run_serve(args: argparse.Namespace) -> int:
                                  exact_batching=not args.fast_batching,
                                  embedding_disk_cache=args.embedding_disk_cache)
         settings.check()  # before the model loads: an unsafe address fails fast
+        device = serving_device(args.device)
         model_dir = resolve_model_dir(args.model)
         resolve_model_files(model_dir)  # a folder without its files fails here, before serving
         settings.model_dir = str(model_dir)
-        app = create_app(settings, loader=partial(load_pipeline, model_dir))
+        app = create_app(settings, loader=partial(load_pipeline, model_dir, device))
     except ValueError as err:
         return _error(str(err))
     auth = "bearer token required" if token else "no token (loopback only)"
