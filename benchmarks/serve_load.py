@@ -88,7 +88,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stderr.read()[-2000:]}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 from pipeline_support import tiny_model_dir
-from serve_support import TOKEN, running_server
+from serve_support import TOKEN, running_app, running_server
 
 from pictor.pipeline import load_pipeline
 from pictor.provenance import DIGITAL_SOURCE_TYPE, read_digital_source_type, read_provenance
+from pictor.serving.app import create_app
 from pictor.serving.settings import ServeSettings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -85,3 +87,33 @@ def test_page_generates_an_image_with_its_metadata(tmp_path, tmp_path_factory):
         Path(artefacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(artefacts) / shot.name)
     assert shot.stat().st_size > 0
+
+
+def test_page_opened_while_the_model_loads_waits_for_it(tmp_path_factory):
+    """`pictor serve` listens before its model has loaded: the page says so and fills its form
+    by itself once the model is there (no reload)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    model_dir = tiny_model_dir(tmp_path_factory)
+    release = threading.Event()
+
+    def load_when_released():
+        release.wait(120)
+        return load_pipeline(model_dir)
+
+    app = create_app(ServeSettings(), loader=load_when_released)
+    with running_app(app) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(90_000)
+            page.goto(url + "/")
+            # the page's answer to the 503 (not the static "loading model…" placeholder)
+            page.wait_for_function(
+                "document.getElementById('message').textContent.includes('retries by itself')")
+            assert page.locator("#sampler option").count() == 0
+            assert "error" not in (page.get_attribute("#message", "class") or "")
+            release.set()
+            page.wait_for_selector("#sampler option[value='dpm++2m']", state="attached")
+            assert "loading" not in page.text_content("#model-info")
+        finally:
+            browser.close()

@@ -2,17 +2,21 @@
 
     pictor serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--token-file F]
                  [--visible-mark] [--max-batch-images 16] [--max-queued-jobs 32] [--fast-batching]
-                 [--embedding-disk-cache]
+                 [--embedding-disk-cache] [--device cpu]
 
-Bound to loopback it runs without a token (unless --token-file is given, then the token is
-required there too); on any other address it refuses to start without --token-file. Open
+Bound to loopback it runs without a token (unless --token-file or $PICTOR_TOKEN gives one, then
+the token is required there too); on any other address it refuses to start without one. Open
 http://HOST:PORT/ for the page, /openapi.json for the API schema. Errors in the user's input
 (missing model folder, bad token file, unsafe address) exit with 2.
+
+The server listens at once and loads the model in the background: /healthz answers (liveness)
+while /readyz says 503 until the model is loaded and warmed (pictor.serving.readiness).
 """
 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 from pictor.cli.generate import _error, add_model_argument, resolve_model_dir
 
@@ -28,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--token-file", default=None,
                    help="file holding the bearer token clients must send "
-                        "(Authorization: Bearer <token>)")
+                        "(Authorization: Bearer <token>); default: $PICTOR_TOKEN if set")
     p.add_argument("--visible-mark", action="store_true",
                    help='also stamp a visible "AI-generated" label into the pixels')
     p.add_argument("--max-batch-images", type=int, default=16,
@@ -41,18 +45,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding-disk-cache", action="store_true",
                    help="keep prompt embeddings on disk between runs (bounded, least recently "
                         "used out; entries hold prompts in plain text; default off)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device to generate on: cpu (default) or cuda[:N] (the image "
+                        "built on a CUDA base)")
     p.set_defaults(func=run_serve)
+
+
+def serving_device(name: str):
+    """The torch.device of --device; ValueError when torch does not know it or it is a CUDA
+    device this process cannot see (before the server starts, not in its loading thread)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: no CUDA device is visible to this process (torch "
+                         f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: pictor serves on cpu or cuda")
+    return device
 
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pictor.pipeline import load_pipeline
+    from pictor.pipeline import load_pipeline, resolve_model_files
     from pictor.serving.app import create_app
-    from pictor.serving.settings import ServeSettings, read_token_file
+    from pictor.serving.settings import ServeSettings, read_token_env, read_token_file
 
     try:
-        token = read_token_file(args.token_file) if args.token_file else None
+        token = read_token_file(args.token_file) if args.token_file else read_token_env()
         settings = ServeSettings(host=args.host, port=args.port, token=token,
                                  visible_mark=args.visible_mark,
                                  max_batch_images=args.max_batch_images,
@@ -60,14 +84,16 @@ def run_serve(args: argparse.Namespace) -> int:
                                  exact_batching=not args.fast_batching,
                                  embedding_disk_cache=args.embedding_disk_cache)
         settings.check()  # before the model loads: an unsafe address fails fast
+        device = serving_device(args.device)
         model_dir = resolve_model_dir(args.model)
+        resolve_model_files(model_dir)  # a folder without its files fails here, before serving
         settings.model_dir = str(model_dir)
-        app = create_app(settings, load_pipeline(model_dir))
+        app = create_app(settings, loader=partial(load_pipeline, model_dir, device))
     except ValueError as err:
         return _error(str(err))
     auth = "bearer token required" if token else "no token (loopback only)"
-    print(f"pictor serving {app.state.pipe.model_name} on http://{args.host}:{args.port}/ "
-          f"({auth})", flush=True)
+    print(f"pictor serving {model_dir} on http://{args.host}:{args.port}/ "
+          f"({auth}); /readyz says when the model is loaded", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info",
                 timeout_graceful_shutdown=5)
     return 0

@@ -4,9 +4,11 @@ settings.py  what the server may do (address, token, limits, batching)
 security.py  bearer token and body-size middlewares
 batching.py  several requests in one sampler call, each image exactly as its solo call
 jobs.py      the bounded job queue, the worker thread, cancellation, progress events
+readiness.py loading and warming the model in the background (/readyz, /healthz)
 mark.py      the optional visible "AI-generated" label
 schemas.py   JSON bodies (the OpenAPI schema)
 routes.py    the REST routes, thin
+openai_api.py  POST /v1/images/generations: stateless, OpenAI-compatible, OpenAI error shape
 app.py       create_app(settings, pipe): the FastAPI application
 static/      the web page (plain HTML, JS and CSS)
 """

@@ -1,16 +1,21 @@
 """`create_app(settings, pipe)`: the FastAPI application of `pictor serve`.
 
 Layers, outermost first: LoopbackHostOnly (403 for a non-loopback Host header, when there is no
-token), BearerAuth (401; open: /healthz and the page shell), BodySizeLimit
-(413), the routes (pictor.serving.routes) and the static page (/ and /static/*). The JobQueue
-and its worker thread start and stop with the app's lifespan. /openapi.json is served (behind
+token), BearerAuth (401; open: /healthz, /readyz and the page shell), BodySizeLimit
+(413), the routes (pictor.serving.routes, and the OpenAI-compatible one in
+pictor.serving.openai_api) and the static page (/ and /static/*). The model's loading (when
+not given), its warm-up and the JobQueue's worker thread start with the app's lifespan, in the
+background (pictor.serving.readiness: /readyz says when they are done); the worker stops with
+it. /openapi.json is served (behind
 the token when there is one); the interactive /docs pages are off because they load their
 scripts from a CDN.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -19,7 +24,9 @@ from fastapi.staticfiles import StaticFiles
 
 from pictor import __version__
 from pictor.pipeline import Pipeline, load_pipeline
-from pictor.serving.jobs import JobQueue
+from pictor.serving.openai_api import install_error_handlers
+from pictor.serving.openai_api import router as openai_router
+from pictor.serving.readiness import ServedModel
 from pictor.serving.routes import router
 from pictor.serving.security import BearerAuth, BodySizeLimit, LoopbackHostOnly
 from pictor.serving.settings import ServeSettings
@@ -32,33 +39,38 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-OPEN_PATHS = ("/healthz", "/", "/favicon.ico")  # the page shell holds no data
+# the page shell holds no data; probes (kubelet, load balancers) send no token
+OPEN_PATHS = ("/healthz", "/readyz", "/", "/favicon.ico")
 OPEN_PREFIXES = ("/static/",)
 
 
-def create_app(settings: ServeSettings, pipe: Pipeline | None = None) -> FastAPI:
-    """The app for `settings`, serving `pipe` (loaded from settings.model_dir when None).
+def create_app(settings: ServeSettings, pipe: Pipeline | None = None, *,
+               loader: Callable[[], Pipeline] | None = None) -> FastAPI:
+    """The app for `settings`, serving `pipe`; when None, the pipeline `loader` returns (by
+    default load_pipeline(settings.model_dir)), called in the background once the app starts.
     ValueError when the settings are unsafe (see ServeSettings.check)."""
     settings.check()
-    if pipe is None:
+    if pipe is None and loader is None:
         if not settings.model_dir:
             raise ValueError("no model: pass a Pipeline or set ServeSettings.model_dir")
-        pipe = load_pipeline(settings.model_dir)
-    jobs = JobQueue(pipe, settings)
+        loader = partial(load_pipeline, settings.model_dir)
+    served = ServedModel(settings, pipe=pipe, loader=None if pipe is not None else loader)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        jobs.start()
+        served.start()
         try:
             yield
         finally:
-            jobs.stop()
+            served.stop()
 
     app = FastAPI(title="pictor", version=__version__, lifespan=lifespan,
                   description="Text-to-image generation with provenance-labelled PNGs.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.state.settings, app.state.pipe, app.state.jobs = settings, pipe, jobs
+    app.state.settings, app.state.served = settings, served
     app.include_router(router)
+    app.include_router(openai_router)
+    install_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
     def index():

@@ -79,6 +79,9 @@ class Job:
     id: str
     request: GenerationRequest
     created_at: float = field(default_factory=time.time)
+    # False: a stateless request (the OpenAI-compatible route) that waits for its images; the
+    # queue forgets the job when it finishes, keeps no PNG and sends no previews
+    retained: bool = True
     status: JobStatus = JobStatus.QUEUED
     step: int = 0  # sampler steps done (of the image being made, for stochastic samplers)
     progress: float = 0.0  # fraction of the whole job done
@@ -154,12 +157,13 @@ class JobQueue:
             self._thread = None
 
     # ------------------------------------------------------------------ called by routes
-    def submit(self, request: GenerationRequest) -> Job:
-        """Queue a job; QueueFull when max_queued_jobs are already waiting."""
+    def submit(self, request: GenerationRequest, *, retained: bool = True) -> Job:
+        """Queue a job; QueueFull when max_queued_jobs are already waiting. retained=False:
+        forgotten when finished (its images stay on the Job object only; see Job.retained)."""
         with self._lock:
             if len(self._queue) >= self.settings.max_queued_jobs:
                 raise QueueFull(self._retry_after_seconds())
-            job = Job(id=secrets.token_hex(12), request=request)
+            job = Job(id=secrets.token_hex(12), request=request, retained=retained)
             self._jobs[job.id] = job
             self._queue.append(job)
             self._evict_finished()
@@ -249,6 +253,8 @@ class JobQueue:
             for image in job.images:
                 self._images.pop(image.name, None)
             job.images = []
+        if not job.retained:
+            self._jobs.pop(job.id, None)
         self._publish(job, "done", {"id": job.id, "status": status.value, "error": error})
 
     def _evict_finished(self) -> None:
@@ -337,7 +343,7 @@ class JobQueue:
                 if x0 is None or job.finished:
                     continue
                 steps_seen[r] += 1
-                if every and not job.cancel_requested and (
+                if every and job.retained and not job.cancel_requested and (
                         steps_seen[r] % every == 0 or progress[r] >= 1.0):
                     previews[r] = [preview_data_url(im) for im in pipe.decode(x0)]
             with self._lock:
@@ -387,7 +393,7 @@ class JobQueue:
                                           record=_record_dict(g.record)))
             with self._lock:
                 job.images = stored
-                for image in stored:
+                for image in stored if job.retained else ():
                     self._images[image.name] = image
                 job.progress, job.step = 1.0, job.request.num_steps
                 self._finish(job, JobStatus.SUCCEEDED)

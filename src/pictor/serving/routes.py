@@ -7,6 +7,12 @@
     GET    /v1/images/{name}           the PNG, provenance record inside
     GET    /v1/models                  the served model, its samplers, defaults and limits
     GET    /healthz                    liveness (no token needed)
+    GET    /readyz                     readiness: 200 once the model is loaded and warmed, else
+                                       503 (no token needed; pictor.serving.readiness)
+
+Routes that need the model answer 503 + Retry-After while it loads (ModelNotLoaded, turned into
+a response by the app's exception handler). The stateless OpenAI-compatible route is in
+pictor.serving.openai_api.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from pictor.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, DEFAULT_SAMPLER
+from pictor.pipeline import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, DEFAULT_SAMPLER, Pipeline
 from pictor.prompts import prompt_problem
 from pictor.samplers import SAMPLERS
 from pictor.serving.batching import GenerationRequest, check_request
 from pictor.serving.jobs import Job, JobQueue, JobStatus, NotCancellable, QueueFull
+from pictor.serving.readiness import ModelState, ServedModel
 from pictor.serving.schemas import (
     GenerationAccepted,
     GenerationIn,
@@ -32,6 +39,7 @@ from pictor.serving.schemas import (
     HealthOut,
     ModelOut,
     ModelsOut,
+    ReadyOut,
 )
 from pictor.serving.settings import ServeSettings
 
@@ -41,8 +49,16 @@ KEEPALIVE_SECONDS = 15.0  # an SSE comment this often keeps proxies from closing
 router = APIRouter()
 
 
+def _served(request: Request) -> ServedModel:
+    return request.app.state.served
+
+
+def _pipe(request: Request) -> Pipeline:
+    return _served(request).loaded()[0]
+
+
 def _jobs(request: Request) -> JobQueue:
-    return request.app.state.jobs
+    return _served(request).loaded()[1]
 
 
 def _job_or_404(request: Request, job_id: str) -> Job:
@@ -52,25 +68,46 @@ def _job_or_404(request: Request, job_id: str) -> Job:
     return job
 
 
-def limit_violations(body: GenerationIn, settings: ServeSettings, num_timesteps: int
-                     ) -> list[str]:
-    """Why the request exceeds the server's limits (empty list: it does not)."""
-    s, reasons = settings, []
+def limit_problems(body: GenerationIn, settings: ServeSettings, num_timesteps: int
+                   ) -> list[tuple[str, str]]:
+    """(field, why) for each way the request exceeds the server's limits (empty: it does not)."""
+    s, problems = settings, []
     if not 1 <= body.n <= s.max_num_images:
-        reasons.append(f"n must lie in [1, {s.max_num_images}], got {body.n}")
+        problems.append(("n", f"n must lie in [1, {s.max_num_images}], got {body.n}"))
     max_steps = min(s.max_num_steps, num_timesteps)
     if not 1 <= body.steps <= max_steps:
-        reasons.append(f"steps must lie in [1, {max_steps}], got {body.steps}")
+        problems.append(("steps", f"steps must lie in [1, {max_steps}], got {body.steps}"))
     for name in ("prompt", "negative_prompt"):
         problem = prompt_problem(getattr(body, name), name, s.max_prompt_chars)
         if problem is not None:
-            reasons.append(problem)
+            problems.append((name, problem))
     if not math.isfinite(body.guidance) or abs(body.guidance) > s.max_guidance_scale:
-        reasons.append(f"guidance must be finite with |guidance| <= {s.max_guidance_scale}, "
-                       f"got {body.guidance}")
+        problems.append(("guidance", f"guidance must be finite with |guidance| <= "
+                                     f"{s.max_guidance_scale}, got {body.guidance}"))
     if body.seed is not None and not 0 <= body.seed <= MAX_SEED - s.max_num_images:
-        reasons.append(f"seed must lie in [0, {MAX_SEED - s.max_num_images}], got {body.seed}")
-    return reasons
+        problems.append(("seed", f"seed must lie in [0, {MAX_SEED - s.max_num_images}], "
+                                 f"got {body.seed}"))
+    return problems
+
+
+def checked_request(body: GenerationIn, settings: ServeSettings, pipe: Pipeline
+                    ) -> tuple[GenerationRequest, list[tuple[str | None, str]]]:
+    """The queue's request for a body (the server picks the seed when the body has none) and
+    (field or None, why) for each problem: the server's limits, then the pipeline's own checks
+    (sampler name, ...). Both the async and the OpenAI-compatible route check requests here."""
+    problems: list[tuple[str | None, str]] = []
+    problems += limit_problems(body, settings, pipe.schedule.num_timesteps)
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    gen = GenerationRequest(prompt=body.prompt, negative_prompt=body.negative_prompt,
+                            num_images=body.n, seed=seed, num_steps=body.steps,
+                            sampler=body.sampler, guidance_scale=body.guidance,
+                            layout=body.layout)
+    if not problems:
+        try:
+            check_request(pipe, gen)
+        except ValueError as err:
+            problems.append((None, str(err)))
+    return gen, problems
 
 
 def job_json(request: Request, job: Job) -> dict:
@@ -94,21 +131,9 @@ def job_json(request: Request, job: Job) -> dict:
              responses={422: {"description": "beyond the limits, with the reasons"},
                         429: {"description": "queue full; see Retry-After"}})
 def create_generation(body: GenerationIn, request: Request):
-    settings: ServeSettings = request.app.state.settings
-    pipe = request.app.state.pipe
-    reasons = limit_violations(body, settings, pipe.schedule.num_timesteps)
-    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
-    gen = GenerationRequest(prompt=body.prompt, negative_prompt=body.negative_prompt,
-                            num_images=body.n, seed=seed, num_steps=body.steps,
-                            sampler=body.sampler, guidance_scale=body.guidance,
-                            layout=body.layout)
-    if not reasons:
-        try:
-            check_request(pipe, gen)  # the pipeline's own checks (sampler name, ...)
-        except ValueError as err:
-            reasons.append(str(err))
-    if reasons:
-        raise HTTPException(422, reasons)
+    gen, problems = checked_request(body, request.app.state.settings, _pipe(request))
+    if problems:
+        raise HTTPException(422, [why for _, why in problems])
     try:
         job = _jobs(request).submit(gen)
     except QueueFull as full:
@@ -188,7 +213,7 @@ def get_image(name: str, request: Request):
 @router.get("/v1/models", response_model=ModelsOut)
 def list_models(request: Request):
     s: ServeSettings = request.app.state.settings
-    pipe = request.app.state.pipe
+    pipe = _pipe(request)
     model = ModelOut(
         name=pipe.model_name, sha256=pipe.model_sha256, image_size=pipe.image_size,
         samplers=sorted(SAMPLERS),
@@ -202,9 +227,28 @@ def list_models(request: Request):
     return {"models": [model]}
 
 
-@router.get("/healthz", response_model=HealthOut)
+@router.get("/healthz", response_model=HealthOut,
+            responses={503: {"description": "the model failed to load, or the worker died"}})
 def healthz(request: Request):
-    stats = _jobs(request).stats()
+    """Liveness: 200 while the process can still become or stay useful (also while the model
+    loads: that is /readyz's business); 503 when it cannot (a restart is the remedy)."""
+    served = _served(request)
+    state = served.readiness().state
+    if state is ModelState.FAILED:
+        return JSONResponse({"status": "failed", "queue": {}}, status_code=503)
+    if state is not ModelState.READY or served.jobs is None:
+        return {"status": "starting", "queue": {}}
+    stats = served.jobs.stats()
     # open without a token: says whether the worker lives and how busy it is, nothing more
-    return {"status": "ok" if stats["worker_alive"] else "degraded",
+    body = {"status": "ok" if stats["worker_alive"] else "degraded",
             "queue": {k: stats[k] for k in ("queued_jobs", "running_jobs")}}
+    return JSONResponse(body, status_code=200 if stats["worker_alive"] else 503)
+
+
+@router.get("/readyz", response_model=ReadyOut,
+            responses={503: {"description": "loading, warming up, or failed"}})
+def readyz(request: Request):
+    """Readiness: 200 once the model is loaded and one warm-up generation has run."""
+    ready = _served(request).readiness()
+    body = ReadyOut(status=ready.state.value, warmup_seconds=ready.warmup_seconds).model_dump()
+    return JSONResponse(body, status_code=200 if ready.state is ModelState.READY else 503)

@@ -83,5 +83,14 @@ class ModelsOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: str  # ok | degraded (worker thread not running)
+    # ok | starting (model loading or warming: alive, not ready) | degraded (worker thread
+    # not running: 503) | failed (the model did not load: 503)
+    status: str
     queue: dict[str, Any]
+
+
+class ReadyOut(BaseModel):
+    # loading | warming | failed: 503; ready: 200. Open without a token, so it says no more:
+    # why loading failed is in the server's log and in the 503 of the routes behind the token.
+    status: str
+    warmup_seconds: float | None  # how long the warm-up generation took

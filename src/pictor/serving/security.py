@@ -15,6 +15,10 @@ bearer token and a request-body cap.
   body grows past it, gets 413 before the body reaches a route.
 
 Both are plain ASGI (no BaseHTTPMiddleware), so server-sent event streams pass through unbuffered.
+
+Errors are `{"detail": ...}` as FastAPI writes them, except on the OpenAI-compatible paths
+(OPENAI_PATHS), which answer in OpenAI's error shape `{"error": {"message", "type", "param",
+"code"}}` so that OpenAI client libraries raise their typed errors with the message.
 """
 
 from __future__ import annotations
@@ -32,6 +36,29 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+OPENAI_PATHS = frozenset({"/v1/images/generations"})
+# OpenAI's error `type` per status (what api.openai.com sends; clients map the status to an
+# exception class, e.g. openai.BadRequestError for 400, AuthenticationError for 401)
+OPENAI_ERROR_TYPES = {401: "invalid_request_error", 429: "rate_limit_error",
+                      500: "server_error", 503: "server_error"}
+
+
+def openai_error(status: int, message: str, *, param: str | None = None,
+                 code: str | None = None) -> dict[str, Any]:
+    """The body of an error in OpenAI's shape."""
+    kind = OPENAI_ERROR_TYPES.get(status, "invalid_request_error" if status < 500
+                                  else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_body(path: str, status: int, message: str, *, code: str | None = None
+               ) -> dict[str, Any]:
+    """An error body for `path`: OpenAI's shape on OPENAI_PATHS, FastAPI's elsewhere."""
+    if path in OPENAI_PATHS:
+        return openai_error(status, message, code=code)
+    return {"detail": message}
 
 
 def tokens_match(given: str | None, expected: str) -> bool:
@@ -86,8 +113,9 @@ class BearerAuth:
             return await self.app(scope, receive, send)
         if not tokens_match(bearer_token(_header(scope, b"authorization")), self.token):
             return await send_json(
-                send, 401, {"detail": "missing or wrong bearer token: send the header "
-                                      "'Authorization: Bearer <token>'"},
+                send, 401, error_body(path, 401, "missing or wrong bearer token: send the "
+                                      "header 'Authorization: Bearer <token>'",
+                                      code="invalid_api_key"),
                 [(b"www-authenticate", b'Bearer realm="pictor"')])
         return await self.app(scope, receive, send)
 
@@ -143,7 +171,7 @@ class BodySizeLimit:
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit()
                                      or int(declared) > self.max_body_bytes):
-            return await self._reject(send)
+            return await self._reject(scope, send)
         seen = 0
         started = False
 
@@ -165,8 +193,9 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(scope, send)
 
-    async def _reject(self, send: Send) -> None:
-        await send_json(send, 413, {"detail": f"request body larger than "
-                                              f"{self.max_body_bytes} bytes"})
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        await send_json(send, 413, error_body(
+            scope.get("path", ""), 413,
+            f"request body larger than {self.max_body_bytes} bytes", code="request_too_large"))

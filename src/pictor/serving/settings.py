@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIN_TOKEN_CHARS = 16  # a shorter bearer token is guessable; `openssl rand -hex 32` gives 64
+# `pictor serve` reads the token from this environment variable when no --token-file is given:
+# how containers receive secrets (a Kubernetes Secret as env, `docker run -e`)
+TOKEN_ENV = "PICTOR_TOKEN"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -30,6 +33,21 @@ def is_loopback_host(host: str) -> bool:
         return False  # a DNS name: it may resolve to a public interface, so treat it as one
 
 
+def check_token(text: str, where: str) -> str:
+    """`text` stripped; ValueError unless it is one word of at least MIN_TOKEN_CHARS."""
+    token = text.strip()
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise ValueError(f"{where} must be one word of at least {MIN_TOKEN_CHARS} "
+                         "characters, e.g. `openssl rand -hex 32`")
+    return token
+
+
+def read_token_env(name: str = TOKEN_ENV) -> str | None:
+    """The bearer token in environment variable `name`; None when it is unset or empty."""
+    text = os.environ.get(name, "")
+    return check_token(text, f"${name}") if text.strip() else None
+
+
 def read_token_file(path: str | Path) -> str:
     """The bearer token stored in `path` (surrounding whitespace stripped). ValueError when the
     file is missing, empty or holds fewer than MIN_TOKEN_CHARS characters; a warning when other
@@ -38,10 +56,7 @@ def read_token_file(path: str | Path) -> str:
     if not path.is_file():
         raise ValueError(f"token file {str(path)!r} does not exist; create one, e.g. "
                          f"`openssl rand -hex 32 > {path} && chmod 600 {path}`")
-    token = path.read_text(encoding="utf-8").strip()
-    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise ValueError(f"token in {str(path)!r} must be one word of at least {MIN_TOKEN_CHARS} "
-                         "characters, e.g. `openssl rand -hex 32`")
+    token = check_token(path.read_text(encoding="utf-8"), f"token in {str(path)!r}")
     if os.name == "posix" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
         warnings.warn(f"token file {path} is readable by other users; chmod 600 it",
                       stacklevel=2)
@@ -56,7 +71,7 @@ class ServeSettings:
     # Address to bind. Loopback by default; any other address requires `token`.
     host: str = "127.0.0.1"
     port: int = 8000
-    # Bearer token required on every route but /healthz (and the static page shell). None is
+    # Bearer token required on every route but /healthz, /readyz (and the page shell). None is
     # allowed only on loopback; when set it is required on loopback too.
     token: str | None = None
     # Stamp a visible "AI-generated" label into the pixels, on top of the provenance metadata

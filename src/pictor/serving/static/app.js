@@ -42,6 +42,13 @@ async function loadModels() {
     say("Enter the access token to use this server.", true);
     return;
   }
+  if (res.status === 503) {  // the server has started but its model is still loading
+    $("model-info").textContent = "the model is loading…";
+    say("The model is loading; this page retries by itself.");
+    const seconds = Number(res.headers.get("Retry-After")) || 2;
+    setTimeout(loadModels, 1000 * Math.min(seconds, 10));
+    return;
+  }
   if (!res.ok) { say("could not load the model list: " + (await errorText(res)), true); return; }
   const model = (await res.json()).models[0];
   $("model-info").textContent =
