@@ -704,10 +704,12 @@ class Pipeline:
     def record_extra(self, guidance_interval: list[float | None] | None,
                      layout: bool | Sequence[str]) -> dict[str, Any]:
         """A record's `extra` for an image of this pipeline (the CLI's and the server's): the
-        guidance interval (guidance_interval_value), compute dtype, processor (device_name)
-        and layout guidance (layout_extra)."""
-        return {"guidance_interval": guidance_interval, "compute_dtype": self.compute_dtype,
-                "device": device_name(self.device), **layout_extra(layout)}
+        model family (GAN and VAE records name theirs: pictor.families), guidance interval
+        (guidance_interval_value), compute dtype, processor (device_name) and layout guidance
+        (layout_extra)."""
+        return {"family": "diffusion", "guidance_interval": guidance_interval,
+                "compute_dtype": self.compute_dtype, "device": device_name(self.device),
+                **layout_extra(layout)}
 
     # ------------------------------------------------------------------ teaching views
     def trajectory(self, prompt: str, seed: int = 0, num_steps: int = DEFAULT_NUM_STEPS, *,

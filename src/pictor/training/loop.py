@@ -259,8 +259,8 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
         t_start = time.perf_counter()
         lr = lr_at(step, ocfg.lr, ocfg.warmup_steps, tcfg.max_steps, ocfg.lr_schedule,
                    ocfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in optimizer.param_groups:  # lr_scale: a group's own ratio (a GAN's two players)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         if prepare_step is not None:  # e.g. reward fine-tuning samples a new round here
             prepare_step(step, ema.module)
         indices = sampler.next(tcfg.batch_size)                 # (B,) global batch
@@ -357,11 +357,14 @@ def _stop_nonfinite(what: str, value: float, step: int, last_ckpt: Path | None,
 def build_optimizer(model: nn.Module, ocfg: Any) -> torch.optim.Optimizer:
     """The optimizer of optimizer.name. foreach: one multi-tensor kernel per update instead of
     a Python loop over parameters (torch's default on CPU is the loop); deterministic either
-    way."""
+    way. A model with `optimizer_groups()` (pictor.networks.gan.GanPair) gives its own
+    parameter groups."""
+    groups = getattr(model, "optimizer_groups", None)
+    params = groups() if groups is not None else model.parameters()
     if ocfg.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=ocfg.lr, momentum=ocfg.betas[0],
+        return torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.betas[0],
                                weight_decay=ocfg.weight_decay, foreach=True)
-    return torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=tuple(ocfg.betas),
+    return torch.optim.AdamW(params, lr=ocfg.lr, betas=tuple(ocfg.betas),
                              weight_decay=ocfg.weight_decay, eps=ocfg.eps, foreach=True)
 
 
