@@ -124,6 +124,11 @@ class TrainingConfig:
     grad_accum_steps: int = 1
     # Number of optimizer steps of the run.
     max_steps: int = 20000
+    # Wall-clock budget of one `pictor train` process in seconds (None: none): after the step
+    # that reaches it the run stops as if max_steps were reached (checkpoint, validation,
+    # final/). The family comparison gives every family the same budget (docs/families.md).
+    # A resumed run gets the budget afresh. max_steps still sets the lr schedule's length.
+    max_wall_seconds: float | None = None
     # Clip the global gradient norm to this value (None: no clipping, the norm is still logged).
     grad_clip_norm: float | None = 1.0
     # EMA decay per optimizer step of the weights used for sampling.
@@ -350,6 +355,14 @@ class GanObjectiveConfig:
     # Learning rate of the discriminator as a multiple of optimizer.lr (DF-GAN: 4e-4 against
     # the generator's 1e-4, the two time-scale update rule of Heusel et al. 2017).
     discriminator_lr_scale: float = 4.0
+    # From unconditional to conditional training (Shahbazi et al. 2022, "Collapse by
+    # Conditioning: Training Class-conditional GANs with Limited Data", ICLR), against the
+    # collapse the condition itself can cause on small data: the sentence embedding both
+    # players see (and the mismatch term's weight) is scaled by lambda_t, 0 before step
+    # condition_ramp_start, rising linearly to 1 at condition_ramp_end. Both 0: conditional
+    # from the start (DF-GAN).
+    condition_ramp_start: int = 0
+    condition_ramp_end: int = 0
 
 
 @dataclass
@@ -409,6 +422,8 @@ def config_family(data: Any, where: str = "config") -> str:
 def _family_data(data: Any, where: str) -> tuple[type, dict[str, Any]]:
     """(config class, data) of a parsed YAML mapping; a diffusion config's optional
     `model.family: diffusion` is dropped (UNetConfig has no such field)."""
+    if data is not None and not isinstance(data, dict):
+        return TrainConfig, data  # from_dict says what is wrong with it
     data = dict(data or {})
     family = config_family(data, where)
     if family == "diffusion" and isinstance(data.get("model"), dict):
@@ -822,6 +837,9 @@ def _validate_family(config: GanTrainConfig | VaeTrainConfig) -> None:
         if g.penalty_weight < 0 or g.penalty_power <= 0 or g.discriminator_lr_scale <= 0:
             raise ValueError("gan.penalty_weight must be >= 0, gan.penalty_power > 0 and "
                              "gan.discriminator_lr_scale > 0")
+        if not 0 <= g.condition_ramp_start <= g.condition_ramp_end:
+            raise ValueError("gan.condition_ramp_start and condition_ramp_end must satisfy "
+                             "0 <= start <= end")
         if not 0.0 <= g.mismatch_weight < 1.0:
             raise ValueError(f"gan.mismatch_weight must be in [0, 1), got {g.mismatch_weight}")
     else:
@@ -836,6 +854,9 @@ def _validate_training(t: TrainingConfig) -> None:
     for name in ("checkpoint_every_steps", "validation_every_steps", "validation_num_steps"):
         if getattr(t, name) < 0:
             raise ValueError(f"training.{name} must be >= 0, got {getattr(t, name)}")
+    if t.max_wall_seconds is not None and not t.max_wall_seconds > 0:
+        raise ValueError(f"training.max_wall_seconds must be positive or null, got "
+                         f"{t.max_wall_seconds}")
     if t.keep_last_checkpoints < 1:
         raise ValueError("training.keep_last_checkpoints must be >= 1")
     if t.batch_size % t.grad_accum_steps:

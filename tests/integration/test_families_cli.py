@@ -46,7 +46,8 @@ def test_train_writes_a_model_folder_and_stability_logs(models, family, weights)
     records = [json.loads(line) for line in
                (final.parent / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
-    keys = ({"d_loss", "g_loss", "penalty", "d_real", "d_fake"} if family == "gan"
+    keys = ({"d_loss", "g_loss", "penalty", "d_real", "d_fake", "condition_weight"}
+            if family == "gan"
             else {"bits_per_dim", "recon_bits_per_dim", "kl_bits_per_dim", "kl_weight"})
     assert keys <= records[-1].keys()
     assert all(np.isfinite(r["loss"]) for r in records)
@@ -144,3 +145,37 @@ def test_eval_compare_writes_one_report_over_both(models, tmp_path, capsys):
                  "-o", str(tmp_path / "r2")]) == 2
     assert main(["eval", "--model", str(models["gan"]), "--steps", "5", "--quiet",
                  "-o", str(tmp_path / "r3")]) == 2
+
+
+def test_wall_clock_budget_stops_with_a_checkpoint_and_a_model(tmp_path_factory):
+    """training.max_wall_seconds: a budget any step exceeds stops the run after its first step,
+    as a finished run (checkpoint, final/), whatever max_steps says."""
+    from pictor.training.gan import train_gan
+
+    data, cache = shared_data(tmp_path_factory)
+    out = tmp_path_factory.mktemp("budget")
+    config = load_family_config(REPO / "configs" / "tiny-gan.yaml", [
+        f"--data.path={data}", f"--data.cache_dir={cache}", f"--training.output_dir={out}",
+        "--training.max_steps=1000", "--training.max_wall_seconds=1e-9"])
+    result = train_gan(config)
+    assert result.step == 1 and len(result.losses) == 1
+    assert result.last_checkpoint.name == "step_000000001"
+    assert (out / "final" / "generator.safetensors").is_file()
+    [record] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["step"] == 1
+
+
+def test_serve_refuses_a_gan_or_vae_model_clearly(models, capsys):
+    """The server's batching steps a diffusion sampler: a GAN or VAE folder is refused before
+    anything loads or listens, naming the family and what to use instead."""
+    for family in ("gan", "vae"):
+        assert main(["serve", "--model", str(models[family]), "--port", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"holds a {family} model" in err and "pictor generate" in err
+
+
+def test_export_model_says_a_family_run_is_already_a_model_folder(models, tmp_path, capsys):
+    run = models["gan"].parent
+    assert main(["export-model", str(run), str(tmp_path / "out")]) == 2
+    assert "gan run" in (err := capsys.readouterr().err) and "final is already a model" in err
+    assert not (tmp_path / "out").exists()

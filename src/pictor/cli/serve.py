@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from pictor.families.pipeline import read_family
     from pictor.pipeline import load_pipeline
     from pictor.serving.app import create_app
     from pictor.serving.settings import ServeSettings, read_token_file
@@ -61,6 +62,11 @@ def run_serve(args: argparse.Namespace) -> int:
                                  embedding_disk_cache=args.embedding_disk_cache)
         settings.check()  # before the model loads: an unsafe address fails fast
         model_dir = resolve_model_dir(args.model)
+        family = read_family(model_dir)
+        if family != "diffusion":
+            raise ValueError(f"{model_dir} holds a {family} model; `pictor serve` runs "
+                             "diffusion models only (its batching steps the sampler). Use "
+                             f"`pictor generate --model {model_dir}` for {family} images")
         settings.model_dir = str(model_dir)
         app = create_app(settings, load_pipeline(model_dir))
     except ValueError as err:

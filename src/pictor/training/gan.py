@@ -14,6 +14,10 @@ own loss:
 one backward pass gives dL_D/dtheta_D and dL_G/dtheta_G; the optimizer's two parameter groups
 carry the two learning rates (gan.discriminator_lr_scale; the two time-scale rule).
 
+With gan.condition_ramp_start/end the condition fades in (Shahbazi et al. 2022): both players
+see lambda_t s instead of s, lambda_t = `condition_weight(step, start, end)`, and the mismatch
+term is weighted by lambda_t too (with s scaled to 0 a "mismatched" pair is a real pair).
+
 Per step, logged beside the loss: d_loss, g_loss, penalty, d_real and d_fake (mean logits):
 the training-stability curves of docs/families.md.
 """
@@ -41,6 +45,13 @@ from pictor.training.pixel_text import FamilyTaskParts, PixelTextData
 GENERATOR_FILE = "generator.safetensors"
 
 
+def condition_weight(step: int, start: int, end: int) -> float:
+    """lambda_t of optimizer step `step` (0-based): 0 before start, linear to 1 at end."""
+    if end <= start:
+        return 1.0 if step >= start else 0.0
+    return min(1.0, max(0.0, (step - start) / (end - start)))
+
+
 class GanTask(FamilyTaskParts):
     weights_file = GENERATOR_FILE
 
@@ -54,6 +65,10 @@ class GanTask(FamilyTaskParts):
         torch.manual_seed(config.training.seed)
         self.model = GanPair(config.model, 1.0, config.gan.discriminator_lr_scale)
         self.loss_terms: dict[str, float] = {}
+        self.step = 0
+
+    def prepare_step(self, step: int, ema_module: nn.Module) -> None:
+        self.step = step  # the conditioning ramp follows the optimizer step (also on resume)
 
     def draw(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         size = self.config.model.image_size
@@ -71,6 +86,8 @@ class GanTask(FamilyTaskParts):
         g, disc, gcfg = pair.generator, pair.discriminator, self.config.gan
         x = self.data.x.index_select(0, indices.to(self.device))             # (b, 3, S, S)
         s = self.data.sentences.index_select(0, self.data.rows(indices, draws["drop"]))
+        lam = condition_weight(self.step, gcfg.condition_ramp_start, gcfg.condition_ramp_end)
+        s = lam * s                                                           # (b, D)
         z = draws["z"].to(self.device)                                        # (b, nz)
         real_p = {k.split(":", 1)[1]: v for k, v in draws.items() if k.startswith("real:")}
         fake_p = {k.split(":", 1)[1]: v for k, v in draws.items() if k.startswith("fake:")}
@@ -78,10 +95,10 @@ class GanTask(FamilyTaskParts):
         fake = g(z, s)                                                        # (b, 3, S, S)
         real_aug = augment(x, real_p)
         real_logits, grad_x, grad_s = input_gradients(disc, real_aug, s)
-        mismatch = disc(real_aug, s.roll(1, dims=0)) if gcfg.mismatch_weight > 0 else None
+        mismatch_weight = gcfg.mismatch_weight * lam
+        mismatch = disc(real_aug, s.roll(1, dims=0)) if mismatch_weight > 0 else None
         fake_logits = disc(augment(fake.detach(), fake_p), s)
-        d_loss = hinge_discriminator_loss(real_logits, fake_logits, mismatch,
-                                          gcfg.mismatch_weight)
+        d_loss = hinge_discriminator_loss(real_logits, fake_logits, mismatch, mismatch_weight)
         penalty = (ma_gp(grad_x, grad_s, gcfg.penalty_weight, gcfg.penalty_power)
                    if gcfg.penalty == "ma_gp" else r1_penalty(grad_x, gcfg.penalty_weight))
         # the generator's loss through a discriminator whose parameters are constants
@@ -91,7 +108,8 @@ class GanTask(FamilyTaskParts):
         self.loss_terms = {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()),
                            "penalty": float(penalty.detach()),
                            "d_real": float(real_logits.detach().mean()),
-                           "d_fake": float(fake_logits.detach().mean())}
+                           "d_fake": float(fake_logits.detach().mean()),
+                           "condition_weight": lam}
         return d_loss + penalty + g_loss
 
     @torch.no_grad()

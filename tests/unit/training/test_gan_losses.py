@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from pictor.training.gan import condition_weight
 from pictor.training.gan_losses import (
     hinge_discriminator_loss,
     hinge_generator_loss,
@@ -73,3 +74,10 @@ def test_hinge_losses_by_hand():
                         2.5 / 3 + 1, rel_tol=1e-6)
     assert math.isclose(float(hinge_discriminator_loss(real, fake)), 2.5 / 3 + 1, rel_tol=1e-6)
     assert math.isclose(float(hinge_generator_loss(fake)), -(-2.0 + 0.0 + 1.0) / 3, rel_tol=1e-6)
+
+
+def test_condition_ramp_from_unconditional_to_conditional():
+    assert [condition_weight(t, 5, 15) for t in (0, 4, 5, 9, 10, 14, 15, 100)] == [
+        0.0, 0.0, 0.0, 0.4, 0.5, 0.9, 1.0, 1.0]
+    assert condition_weight(0, 0, 0) == 1.0  # no ramp: conditional from the start
+    assert [condition_weight(t, 3, 3) for t in (2, 3)] == [0.0, 1.0]  # a switch at step 3
