@@ -179,3 +179,31 @@ def test_export_model_says_a_family_run_is_already_a_model_folder(models, tmp_pa
     assert main(["export-model", str(run), str(tmp_path / "out")]) == 2
     assert "gan run" in (err := capsys.readouterr().err) and "final is already a model" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("family,extra", [
+    ("gan", ["--gan.condition_ramp_start=4", "--gan.condition_ramp_end=16"]),
+    ("vae", ["--vae.kl_warmup_steps=16"])])
+def test_resume_equals_uninterrupted(tmp_path_factory, family, extra):
+    """10 steps + resume + 10 == 20 at once, bit for bit, with the ramp or the KL warm-up
+    crossing the split (both follow the optimizer step, not the process)."""
+    from train_support import assert_same_state
+
+    from pictor.training.gan import train_gan
+    from pictor.training.vae import train_vae
+
+    train = train_gan if family == "gan" else train_vae
+    data, cache = shared_data(tmp_path_factory)
+    base = tmp_path_factory.mktemp(f"resume_{family}")
+
+    def config(out: str, steps: int):
+        return load_family_config(REPO / "configs" / f"tiny-{family}.yaml", [
+            f"--data.path={data}", f"--data.cache_dir={cache}",
+            f"--training.output_dir={base / out}", f"--training.max_steps={steps}", *extra])
+
+    whole = train(config("whole", 20))
+    train(config("split", 10))
+    resumed = train(config("split", 20), resume="latest")
+    assert resumed.step == 20 and resumed.losses == whole.losses[10:]
+    assert_same_state(whole.model.state_dict(), resumed.model.state_dict())
+    assert_same_state(whole.ema_module.state_dict(), resumed.ema_module.state_dict())
