@@ -34,7 +34,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pictor.config import TrainConfig, config_from_yaml_text, read_text_limited
+from pictor.config import (
+    TrainConfig,
+    config_family,
+    config_from_yaml_text,
+    load_yaml,
+    read_text_limited,
+)
 from pictor.diffusion.denoiser import Denoiser
 from pictor.diffusion.forward import q_sample
 from pictor.diffusion.schedules import NoiseSchedule
@@ -167,6 +173,15 @@ def resolve_model_files(model_dir: str | Path) -> tuple[Path, TrainConfig, Path 
             f"model folder {str(model_dir)!r} does not exist; pass the final/ folder of a "
             "training run (pictor train writes <output_dir>/final/) or set PICTOR_MODEL"
         )
+    config_path = model_dir / CONFIG_FILE
+    if config_path.is_file():  # a GAN or VAE folder: say so, not "no unet.safetensors"
+        family = config_family(load_yaml(read_text_limited(config_path), str(config_path)),
+                               str(config_path))
+        if family != "diffusion":
+            raise ValueError(f"{str(model_dir)!r} holds a {family} model (model.family in its "
+                             f"{CONFIG_FILE}); this runs diffusion models only. pictor "
+                             "generate, reproduce and eval take every family "
+                             "(pictor.families.load_model)")
     for name in (UNET_FILE, CONFIG_FILE):
         if not (model_dir / name).is_file():
             raise ValueError(

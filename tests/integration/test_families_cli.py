@@ -207,3 +207,20 @@ def test_resume_equals_uninterrupted(tmp_path_factory, family, extra):
     assert resumed.step == 20 and resumed.losses == whole.losses[10:]
     assert_same_state(whole.model.state_dict(), resumed.model.state_dict())
     assert_same_state(whole.ema_module.state_dict(), resumed.ema_module.state_dict())
+
+
+def test_diffusion_only_commands_name_the_family(models, tmp_path, capsys):
+    """explain (and every other diffusion-only loader) says which family the folder holds
+    instead of missing a U-Net file."""
+    capsys.readouterr()
+    assert main(["explain", "reverse", PROMPT, "--model", str(models["vae"]),
+                 "-o", str(tmp_path / "strip.png")]) == 2
+    err = capsys.readouterr().err
+    assert "holds a vae model" in err and "diffusion models only" in err
+    image = tmp_path / "x.png"
+    load_model(models["gan"]).generate(PROMPT)[0].image.save(image)
+    assert main(["explain", "forward", str(image), "--model", str(models["gan"]),
+                 "-o", str(tmp_path / "fwd.png")]) == 2
+    err = capsys.readouterr().err
+    assert "holds a gan model" in err and "diffusion models only" in err
+    assert not (tmp_path / "strip.png").exists() and not (tmp_path / "fwd.png").exists()
