@@ -56,6 +56,9 @@ class GanTask(FamilyTaskParts):
     weights_file = GENERATOR_FILE
 
     def __init__(self, config: GanTrainConfig, dist: DistInfo) -> None:
+        if dist.enabled:  # the loss calls the players directly, past a DDP wrapper's forward
+            raise ValueError("GAN training runs in one process; torchrun (DDP) is not supported "
+                             "for model.family gan yet")
         self.config = config
         self.device = dist.device
         self.data = PixelTextData(config, dist)
