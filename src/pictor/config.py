@@ -27,6 +27,8 @@ import yaml
 
 from pictor.diffusion.schedules import ScheduleConfig
 from pictor.networks.autoencoder import AutoencoderConfig
+from pictor.networks.cvae import VaeConfig
+from pictor.networks.gan import GanConfig
 from pictor.networks.unet import UNetConfig
 
 T = TypeVar("T")
@@ -122,6 +124,11 @@ class TrainingConfig:
     grad_accum_steps: int = 1
     # Number of optimizer steps of the run.
     max_steps: int = 20000
+    # Wall-clock budget of one `pictor train` process in seconds (None: none): after the step
+    # that reaches it the run stops as if max_steps were reached (checkpoint, validation,
+    # final/). The family comparison gives every family the same budget (docs/families.md).
+    # A resumed run gets the budget afresh. max_steps still sets the lr schedule's length.
+    max_wall_seconds: float | None = None
     # Clip the global gradient norm to this value (None: no clipping, the norm is still logged).
     grad_clip_norm: float | None = 1.0
     # EMA decay per optimizer step of the weights used for sampling.
@@ -322,6 +329,135 @@ class FinetuneConfig:
         output_dir="runs/reward", max_steps=400, checkpoint_every_steps=100,
         validation_every_steps=100, ema_halflife_steps=2, validation_prompts=[],
         mixed_precision="auto"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The other model families (docs/families.md): a conditional GAN and a conditional VAE, trained
+# by `pictor train` like diffusion; `model.family` in the YAML says which (default: diffusion)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GanObjectiveConfig:
+    # Gradient penalty on real, matched pairs: "ma_gp" (DF-GAN's matching-aware zero-centred
+    # penalty over image and sentence) or "r1" (Mescheder et al. 2018, image only).
+    penalty: Literal["ma_gp", "r1"] = "ma_gp"
+    # MA-GP's k (DF-GAN: 2) or R1's gamma.
+    penalty_weight: float = 2.0
+    # MA-GP's exponent p on the gradient norm (DF-GAN: 6); unused by R1.
+    penalty_power: float = 6.0
+    # Share of the discriminator's negative term given to real images with a mismatched
+    # sentence (DF-GAN: 0.5; 0: an unconditional-style negative term of fakes only).
+    mismatch_weight: float = 0.5
+    # DiffAugment ops applied to real and fake images before the discriminator (Zhao et al.
+    # 2020): a comma-separated subset of color, translation, cutout; "" for none.
+    diffaugment: str = "color,translation,cutout"
+    # Learning rate of the discriminator as a multiple of optimizer.lr (DF-GAN: 4e-4 against
+    # the generator's 1e-4, the two time-scale update rule of Heusel et al. 2017).
+    discriminator_lr_scale: float = 4.0
+    # From unconditional to conditional training (Shahbazi et al. 2022, "Collapse by
+    # Conditioning: Training Class-conditional GANs with Limited Data", ICLR), against the
+    # collapse the condition itself can cause on small data: the sentence embedding both
+    # players see (and the mismatch term's weight) is scaled by lambda_t, 0 before step
+    # condition_ramp_start, rising linearly to 1 at condition_ramp_end. Both 0: conditional
+    # from the start (DF-GAN).
+    condition_ramp_start: int = 0
+    condition_ramp_end: int = 0
+
+
+@dataclass
+class GanTrainConfig:
+    """Everything `pictor train` needs for a conditional GAN; see configs/gan.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    model: GanConfig = field(default_factory=GanConfig)
+    gan: GanObjectiveConfig = field(default_factory=GanObjectiveConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
+        lr=1e-4, betas=(0.0, 0.9), weight_decay=0.0, warmup_steps=0))
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        output_dir="runs/gan", caption_dropout_prob=0.0, grad_clip_norm=None,
+        mixed_precision="no"))
+
+
+@dataclass
+class VaeObjectiveConfig:
+    # KL warm-up (Bowman et al. 2016; Sonderby et al. 2016): the KL term's weight rises linearly
+    # from 0 to 1 over this many steps, so the decoder learns to use z before the prior pulls
+    # q(z|x,c) onto it; 0: weight 1 from the start. The reported bits/dim always use weight 1.
+    kl_warmup_steps: int = 1000
+    # Sampling temperature: z = mu_p + temperature * sigma_p * eps (1: the model's prior).
+    sample_temperature: float = 1.0
+
+
+@dataclass
+class VaeTrainConfig:
+    """Everything `pictor train` needs for a conditional VAE; see configs/vae.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    model: VaeConfig = field(default_factory=VaeConfig)
+    vae: VaeObjectiveConfig = field(default_factory=VaeObjectiveConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
+        lr=5e-4, weight_decay=0.0, warmup_steps=100))
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        output_dir="runs/vae", caption_dropout_prob=0.0, mixed_precision="no"))
+
+
+FAMILIES = ("diffusion", "gan", "vae")
+FAMILY_CONFIGS: dict[str, type] = {"diffusion": TrainConfig, "gan": GanTrainConfig,
+                                   "vae": VaeTrainConfig}
+
+
+def config_family(data: Any, where: str = "config") -> str:
+    """The model family a config names in `model.family` ("diffusion" when absent, so every
+    config written before the other families existed still reads as diffusion)."""
+    model = data.get("model") if isinstance(data, dict) else None
+    family = model.get("family", "diffusion") if isinstance(model, dict) else "diffusion"
+    if family not in FAMILIES:
+        raise ValueError(f"{where}: model.family {family!r} is not one of {', '.join(FAMILIES)}")
+    return str(family)
+
+
+def _family_data(data: Any, where: str) -> tuple[type, dict[str, Any]]:
+    """(config class, data) of a parsed YAML mapping; a diffusion config's optional
+    `model.family: diffusion` is dropped (UNetConfig has no such field)."""
+    if data is not None and not isinstance(data, dict):
+        return TrainConfig, data  # from_dict says what is wrong with it
+    data = dict(data or {})
+    family = config_family(data, where)
+    if family == "diffusion" and isinstance(data.get("model"), dict):
+        data["model"] = {k: v for k, v in data["model"].items() if k != "family"}
+    return FAMILY_CONFIGS[family], data
+
+
+def load_family_config(path: str | Path, overrides: list[str] | None = None) -> Any:
+    """load_config of a `pictor train` YAML of any family: TrainConfig, GanTrainConfig or
+    VaeTrainConfig as its model.family says."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    raw = read_yaml_file(path) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of sections")
+    cls, data = _family_data(raw, str(path))
+    config = from_dict(cls, apply_overrides(data, overrides or [], cls))
+    validate(config)
+    return config
+
+
+def family_config_from_yaml_text(text: str, where: str = "config") -> Any:
+    """config_from_yaml_text for a saved config of any family (model folders, checkpoints)."""
+    cls, data = _family_data(load_yaml(text, where) or {}, where)
+    try:
+        return from_dict(cls, data)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def family_of(config: Any) -> str:
+    """The family of a typed config."""
+    return next(f for f, cls in FAMILY_CONFIGS.items() if isinstance(config, cls))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -656,6 +792,10 @@ def validate(config: Any) -> None:
         _validate_optimizer(config.optimizer)
         if config.data.image_size <= 0:
             raise ValueError(f"data.image_size must be positive, got {config.data.image_size}")
+    if isinstance(config, (GanTrainConfig, VaeTrainConfig)):
+        _validate_training(config.training)
+        _validate_optimizer(config.optimizer)
+        _validate_family(config)
     if isinstance(config, FinetuneConfig):
         _validate_training(config.training)
         _validate_optimizer(config.optimizer)
@@ -679,6 +819,34 @@ def validate(config: Any) -> None:
                              f"schedule.num_timesteps), got {min_t}")
 
 
+def _validate_family(config: GanTrainConfig | VaeTrainConfig) -> None:
+    size = config.model.image_size
+    if config.data.image_size != size:
+        levels = "generator_channels" if isinstance(config, GanTrainConfig) else "channels"
+        raise ValueError(f"data.image_size={config.data.image_size} but the model makes "
+                         f"{size}x{size} images (4 * 2 ** (len(model.{levels}) - 1)); set "
+                         f"--data.image_size={size} or change model.{levels}")
+    if config.text.spec == "trainable":
+        raise ValueError("the GAN and VAE families condition on a frozen text encoder's "
+                         "sentence embedding; text.spec 'trainable' is diffusion-only")
+    if isinstance(config, GanTrainConfig):
+        from pictor.training.diffaugment import parse_policy
+
+        parse_policy(config.gan.diffaugment)
+        g = config.gan
+        if g.penalty_weight < 0 or g.penalty_power <= 0 or g.discriminator_lr_scale <= 0:
+            raise ValueError("gan.penalty_weight must be >= 0, gan.penalty_power > 0 and "
+                             "gan.discriminator_lr_scale > 0")
+        if not 0 <= g.condition_ramp_start <= g.condition_ramp_end:
+            raise ValueError("gan.condition_ramp_start and condition_ramp_end must satisfy "
+                             "0 <= start <= end")
+        if not 0.0 <= g.mismatch_weight < 1.0:
+            raise ValueError(f"gan.mismatch_weight must be in [0, 1), got {g.mismatch_weight}")
+    else:
+        if config.vae.kl_warmup_steps < 0 or not config.vae.sample_temperature > 0:
+            raise ValueError("vae.kl_warmup_steps must be >= 0 and vae.sample_temperature > 0")
+
+
 def _validate_training(t: TrainingConfig) -> None:
     for name in ("batch_size", "grad_accum_steps", "max_steps", "log_every_steps"):
         if getattr(t, name) < 1:
@@ -686,6 +854,9 @@ def _validate_training(t: TrainingConfig) -> None:
     for name in ("checkpoint_every_steps", "validation_every_steps", "validation_num_steps"):
         if getattr(t, name) < 0:
             raise ValueError(f"training.{name} must be >= 0, got {getattr(t, name)}")
+    if t.max_wall_seconds is not None and not t.max_wall_seconds > 0:
+        raise ValueError(f"training.max_wall_seconds must be positive or null, got "
+                         f"{t.max_wall_seconds}")
     if t.keep_last_checkpoints < 1:
         raise ValueError("training.keep_last_checkpoints must be >= 1")
     if t.batch_size % t.grad_accum_steps:

@@ -34,7 +34,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pictor.config import TrainConfig, config_from_yaml_text, read_text_limited
+from pictor.config import (
+    TrainConfig,
+    config_family,
+    config_from_yaml_text,
+    load_yaml,
+    read_text_limited,
+)
 from pictor.diffusion.denoiser import Denoiser
 from pictor.diffusion.forward import q_sample
 from pictor.diffusion.schedules import NoiseSchedule
@@ -167,6 +173,15 @@ def resolve_model_files(model_dir: str | Path) -> tuple[Path, TrainConfig, Path 
             f"model folder {str(model_dir)!r} does not exist; pass the final/ folder of a "
             "training run (pictor train writes <output_dir>/final/) or set PICTOR_MODEL"
         )
+    config_path = model_dir / CONFIG_FILE
+    if config_path.is_file():  # a GAN or VAE folder: say so, not "no unet.safetensors"
+        family = config_family(load_yaml(read_text_limited(config_path), str(config_path)),
+                               str(config_path))
+        if family != "diffusion":
+            raise ValueError(f"{str(model_dir)!r} holds a {family} model (model.family in its "
+                             f"{CONFIG_FILE}); this runs diffusion models only. pictor "
+                             "generate, reproduce and eval take every family "
+                             "(pictor.families.load_model)")
     for name in (UNET_FILE, CONFIG_FILE):
         if not (model_dir / name).is_file():
             raise ValueError(
@@ -704,10 +719,12 @@ class Pipeline:
     def record_extra(self, guidance_interval: list[float | None] | None,
                      layout: bool | Sequence[str]) -> dict[str, Any]:
         """A record's `extra` for an image of this pipeline (the CLI's and the server's): the
-        guidance interval (guidance_interval_value), compute dtype, processor (device_name)
-        and layout guidance (layout_extra)."""
-        return {"guidance_interval": guidance_interval, "compute_dtype": self.compute_dtype,
-                "device": device_name(self.device), **layout_extra(layout)}
+        model family (GAN and VAE records name theirs: pictor.families), guidance interval
+        (guidance_interval_value), compute dtype, processor (device_name) and layout guidance
+        (layout_extra)."""
+        return {"family": "diffusion", "guidance_interval": guidance_interval,
+                "compute_dtype": self.compute_dtype, "device": device_name(self.device),
+                **layout_extra(layout)}
 
     # ------------------------------------------------------------------ teaching views
     def trajectory(self, prompt: str, seed: int = 0, num_steps: int = DEFAULT_NUM_STEPS, *,

@@ -85,7 +85,8 @@ def test_eval_writes_every_report_file(model_dir, random_model_dir, tmp_path, ca
     assert "## Comparison" in markdown and "## Sweep: steps" in markdown
     page = (out / "report.html").read_text()
     sources = re.findall(r'src="([^"]*)"', page)
-    assert len(sources) == 14 and all(s.startswith("data:image/png;base64,") for s in sources)
+    # 12 grids, 2 sweep plots and the comparison plot
+    assert len(sources) == 15 and all(s.startswith("data:image/png;base64,") for s in sources)
 
 
 def test_eval_user_errors_exit_2(model_dir, tmp_path, capsys):

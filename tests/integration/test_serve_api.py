@@ -291,7 +291,7 @@ def test_visible_mark_changes_only_a_corner_and_is_recorded(pipe):
         c = httpx.Client(base_url=url, timeout=60)
         job = wait_for(c, c.post("/v1/generations", json=body).json()["id"])
         png = Image.open(io.BytesIO(c.get(job["images"][0]["url"]).content))
-    assert read_provenance(png).extra == {"visible_mark": "AI-generated",
+    assert read_provenance(png).extra == {"visible_mark": "AI-generated", "family": "diffusion",
                                           "guidance_interval": [1.0, None],
                                           "compute_dtype": pipe.compute_dtype,
                                           "device": device_name(pipe.device), "layout": False}

@@ -1,7 +1,8 @@
 """The import direction of architecture.md, checked by parsing every module's imports.
 
 diffusion, networks, text and data are leaves; samplers use only diffusion; training uses the
-leaves; pipeline uses text, networks, diffusion, samplers and guidance; evaluation uses pipeline;
+leaves; pipeline uses text, networks, diffusion, samplers and guidance; families (GAN, VAE
+sampling) uses pipeline; evaluation uses pipeline and families;
 serving and cli sit on top and nothing imports them. Spark is imported only by data/spark.py
 and training/spark.py (TorchDistributor).
 """
@@ -29,8 +30,9 @@ ALLOWED = {
                  "hardware"},
     "pipeline": {"text", "networks", "diffusion", "samplers", "guidance", "provenance", "config",
                  "hardware"},
-    "evaluation": {"pipeline", "data", "text", "networks", "diffusion", "samplers", "guidance",
-                   "provenance", "config", "hardware"},
+    "families": {"pipeline", "text", "networks", "provenance", "config", "hardware"},
+    "evaluation": {"pipeline", "families", "data", "text", "networks", "diffusion", "samplers",
+                   "guidance", "provenance", "config", "hardware"},
     "reward": {"training", "pipeline", "evaluation", "data", "text", "networks", "diffusion",
                "samplers", "guidance", "provenance", "config", "hardware"},
     "serving": {"*"},

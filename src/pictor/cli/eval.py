@@ -39,8 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "validation-shapes-para, geneval-shapes-v1")
     p.add_argument("--images-per-prompt", type=int, default=4,
                    help="images per prompt (default 4; diversity needs >= 2)")
-    p.add_argument("--sampler", default="dpm++2m", help="sampler name (default dpm++2m)")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    p.add_argument("--sampler", default=None,
+                   help="sampler name (default dpm++2m; diffusion models only)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default 20; diffusion models only)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default 4)")
     p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -50,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="layout guidance for prompts that state a spatial relation or a count "
                         "(default off: the model alone; on: add the rule)")
     p.add_argument("--compare", nargs="+", action="extend", default=[], metavar="DIR",
-                   help="further model folders to compare at the base settings")
+                   help="further model folders to compare at the base settings, of any family "
+                        "(diffusion, GAN, VAE: the config's model.family says which; a GAN or "
+                        "VAE draws in one pass, the sampling settings apply to diffusion only)")
     p.add_argument("--features", default="shapes",
                    help="feature extractor of the distribution metrics: 'shapes' (shipped, "
                         "default), a folder of `pictor train-features`, 'inception:PATH' to a "
@@ -82,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from pictor.cli.generate import load_for_sampling, resolve_model_dir
+    from pictor.cli.generate import family_options, load_for_sampling, resolve_model_dir
     from pictor.evaluation.evaluate import SamplingSettings, evaluate, load_pipelines, parse_sweep
     from pictor.evaluation.features import load_feature_extractor
     from pictor.evaluation.report import write_report
@@ -90,15 +94,20 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        if args.steps < 1:
+        from pictor.pipeline import DEFAULT_NUM_STEPS, DEFAULT_SAMPLER
+
+        if args.steps is not None and args.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {args.steps}")
         sweeps = dict(parse_sweep(text) for text in args.sweep)
         features = None if args.features == "none" else load_feature_extractor(args.features)
         pipe, guidance = load_for_sampling(args)
+        if getattr(pipe, "family", "diffusion") != "diffusion":  # GAN, VAE: no sampling options
+            pipe.check_options(family_options(args))
         pipelines = [pipe] + load_pipelines([resolve_model_dir(d) for d in args.compare])
         evaluation = evaluate(
             pipelines, suite=args.suite, images_per_prompt=args.images_per_prompt,
-            settings=SamplingSettings(args.steps, args.sampler, guidance,
+            settings=SamplingSettings(args.steps or DEFAULT_NUM_STEPS,
+                                      args.sampler or DEFAULT_SAMPLER, guidance,
                                       layout=args.layout == "on"),
             sweeps=sweeps,
             features=features, base_seed=args.seed, progress=not args.quiet)

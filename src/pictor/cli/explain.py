@@ -86,6 +86,10 @@ def run_forward(args: argparse.Namespace) -> int:
 def run_reverse(args: argparse.Namespace) -> int:
     try:
         pipe, guidance = load_for_sampling(args)
+        family = getattr(pipe, "family", "diffusion")
+        if family != "diffusion":
+            raise ValueError(f"{pipe.model_name} holds a {family} model: it draws in one pass, "
+                             "and explain reverse shows sampler steps (diffusion models only)")
         steps = pipe.trajectory(args.prompt, seed=args.seed, num_steps=args.steps,
                                 sampler=args.sampler, guidance_scale=guidance,
                                 negative_prompt=args.negative)

@@ -56,18 +56,32 @@ def load_for_sampling(args: argparse.Namespace):
     """(pipeline, guidance_scale) for a sampling command: the sampler name is checked before the
     model loads (a typo fails fast), `--guidance` unset means the pipeline default.
     ValueError on a bad sampler or model folder."""
+    from pictor.families.pipeline import load_model
     from pictor.pipeline import (
         DEFAULT_COMPUTE_DTYPE,
         DEFAULT_GUIDANCE_SCALE,
         canonical_sampler_name,
-        load_pipeline,
     )
 
-    canonical_sampler_name(args.sampler)
+    if args.sampler is not None:
+        canonical_sampler_name(args.sampler)
     dtype = getattr(args, "dtype", None) or DEFAULT_COMPUTE_DTYPE
-    pipe = load_pipeline(resolve_model_dir(args.model), compute_dtype=dtype)
+    # the model folder's config names its family: diffusion Pipeline, or GAN/VAE FamilyPipeline
+    pipe = load_model(resolve_model_dir(args.model), compute_dtype=dtype)
     guidance = DEFAULT_GUIDANCE_SCALE if args.guidance is None else args.guidance
     return pipe, guidance
+
+
+def family_options(args: argparse.Namespace) -> dict:
+    """The diffusion sampling options a user gave explicitly, for a GAN or VAE pipeline (which
+    refuses each with a clear error, pictor.families.pipeline)."""
+    if getattr(args, "dtype", None) == "bfloat16":
+        raise ValueError("--dtype bfloat16 applies to diffusion models; GAN and VAE models "
+                         "compute in float32")
+    return {"num_steps": args.steps, "sampler": args.sampler, "guidance_scale": args.guidance,
+            "negative_prompt": getattr(args, "negative", ""),
+            "guidance_interval": getattr(args, "guidance_interval", None),
+            "layout": getattr(args, "layout", "off") == "on"}
 
 
 def parse_guidance_interval(text: str) -> tuple[float, float | None] | str:
@@ -127,10 +141,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--num-images", type=int, default=4, help="images to make (default 4)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the first image; image i uses seed + i (default 0)")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
-    p.add_argument("--sampler", default="dpm++2m", help="sampler name (default dpm++2m)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default 20; diffusion models only)")
+    p.add_argument("--sampler", default=None,
+                   help="sampler name (default dpm++2m; diffusion models only)")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default 4)")
+                   help="classifier-free guidance scale (default 4; diffusion models only)")
     p.add_argument("--negative", default="", help="negative prompt (default none)")
     p.add_argument("--guidance-interval", type=parse_guidance_interval, default=None,
                    metavar="LO[,HI]",
@@ -184,6 +200,7 @@ def read_prompts(path: Path) -> list[str]:
 def run_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from pictor.pipeline import DEFAULT_NUM_STEPS, DEFAULT_SAMPLER
     from pictor.prompts import check_prompt
     from pictor.provenance import save_png
 
@@ -200,11 +217,17 @@ def run_generate(args: argparse.Namespace) -> int:
     many = len(prompts) > 1
     for prompt in tqdm(prompts, desc="generate", unit="prompt", disable=not many):
         try:
-            images = pipe.generate(prompt, num_images=args.num_images, seed=args.seed,
-                                   num_steps=args.steps, sampler=args.sampler,
-                                   guidance_scale=guidance, negative_prompt=args.negative,
-                                   guidance_interval=_interval(args.guidance_interval),
-                                   layout=args.layout == "on")
+            if getattr(pipe, "family", "diffusion") != "diffusion":  # GAN, VAE: one network pass
+                images = pipe.generate(prompt, num_images=args.num_images, seed=args.seed,
+                                       **family_options(args))
+            else:
+                images = pipe.generate(
+                    prompt, num_images=args.num_images, seed=args.seed,
+                    num_steps=DEFAULT_NUM_STEPS if args.steps is None else args.steps,
+                    sampler=args.sampler or DEFAULT_SAMPLER,
+                    guidance_scale=guidance, negative_prompt=args.negative,
+                    guidance_interval=_interval(args.guidance_interval),
+                    layout=args.layout == "on")
         except ValueError as err:
             return _error(str(err))
         for g in images:
@@ -240,8 +263,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from pictor.families.pipeline import load_model
     from pictor.hardware import device_name
-    from pictor.pipeline import layout_from_extra, load_pipeline
+    from pictor.pipeline import layout_from_extra
     from pictor.prompts import check_prompt
     from pictor.provenance import read_provenance, save_png
 
@@ -249,8 +273,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
         record = read_provenance(args.image)
         check_prompt(record.prompt, "the record's prompt")
         check_prompt(record.negative_prompt, "the record's negative prompt")
-        pipe = load_pipeline(resolve_model_dir(args.model),
-                             compute_dtype=record.extra.get("compute_dtype", "float32"))
+        pipe = load_model(resolve_model_dir(args.model),
+                          compute_dtype=record.extra.get("compute_dtype", "float32"))
+        made_by = record.extra.get("family", "diffusion")  # records before the families: diffusion
+        family = getattr(pipe, "family", "diffusion")
+        if made_by != family:
+            raise ValueError(f"the image was made by a {made_by} model, {pipe.model_name} is a "
+                             f"{family} model; pass the model that made it with --model")
     except (ValueError, OSError) as err:
         return _error(str(err))
     if pipe.model_sha256 != record.model_sha256:
@@ -259,15 +288,18 @@ def run_reproduce(args: argparse.Namespace) -> int:
             f"({record.model_sha256[:12]}...), this is {pipe.model_name} "
             f"({pipe.model_sha256[:12]}...); the pixels will likely differ", stacklevel=1)
     try:
-        [g] = pipe.generate(record.prompt, num_images=1, seed=record.seed,
-                            num_steps=record.num_steps, sampler=record.sampler,
-                            guidance_scale=record.guidance_scale,
-                            negative_prompt=record.negative_prompt,
-                            # absent in records made before the interval existed: every step
-                            guidance_interval=record.extra.get("guidance_interval"),
-                            # absent in records made before layout guidance existed: off;
-                            # rules absent: the relation rule alone
-                            layout=layout_from_extra(record.extra))
+        if family != "diffusion":  # one network pass: the seed is all there is
+            [g] = pipe.generate(record.prompt, num_images=1, seed=record.seed)
+        else:
+            [g] = pipe.generate(record.prompt, num_images=1, seed=record.seed,
+                                num_steps=record.num_steps, sampler=record.sampler,
+                                guidance_scale=record.guidance_scale,
+                                negative_prompt=record.negative_prompt,
+                                # absent in records made before the interval existed: every step
+                                guidance_interval=record.extra.get("guidance_interval"),
+                                # absent in records made before layout guidance existed: off;
+                                # rules absent: the relation rule alone
+                                layout=layout_from_extra(record.extra))
     except ValueError as err:
         return _error(str(err))
     if args.output is not None:

@@ -71,6 +71,7 @@ def serving_device(name: str):
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from pictor.families.pipeline import read_family
     from pictor.pipeline import load_pipeline, resolve_model_files
     from pictor.serving.app import create_app
     from pictor.serving.settings import ServeSettings, read_token_env, read_token_file
@@ -86,6 +87,11 @@ def run_serve(args: argparse.Namespace) -> int:
         settings.check()  # before the model loads: an unsafe address fails fast
         device = serving_device(args.device)
         model_dir = resolve_model_dir(args.model)
+        family = read_family(model_dir)
+        if family != "diffusion":
+            raise ValueError(f"{model_dir} holds a {family} model; `pictor serve` runs "
+                             "diffusion models only (its batching steps the sampler). Use "
+                             f"`pictor generate --model {model_dir}` for {family} images")
         resolve_model_files(model_dir)  # a folder without its files fails here, before serving
         settings.model_dir = str(model_dir)
         app = create_app(settings, loader=partial(load_pipeline, model_dir, device))

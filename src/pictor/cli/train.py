@@ -53,7 +53,8 @@ def _add(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> a
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = _add(subparsers, "train", "Train the text-conditional diffusion U-Net.")
+    p = _add(subparsers, "train", "Train a text-to-image model: the diffusion U-Net, or the "
+             "conditional GAN or VAE when the config's model.family says gan or vae.")
     p.add_argument("--launcher", choices=("local", "spark"), default="local",
                    help="local: this process (or each process torchrun started); spark: "
                         "--num-processes processes through Spark's TorchDistributor "
@@ -131,25 +132,55 @@ def run_export_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_config(args: argparse.Namespace, cls: type):
-    from pictor.config import apply_overrides, from_dict, load_config, read_yaml_file, validate
+def _family_trainer(config):
+    """train / train_gan / train_vae for a TrainConfig / GanTrainConfig / VaeTrainConfig."""
+    from pictor.config import family_of
+
+    family = family_of(config)
+    if family == "gan":
+        from pictor.training.gan import train_gan
+
+        return train_gan
+    if family == "vae":
+        from pictor.training.vae import train_vae
+
+        return train_vae
+    from pictor.training.trainer import train
+
+    return train
+
+
+def _resolve_config(args: argparse.Namespace, cls: type | None):
+    """The run's config; cls None: a `pictor train` config of any family (model.family)."""
+    from pictor.config import (
+        apply_overrides,
+        from_dict,
+        load_config,
+        load_family_config,
+        read_yaml_file,
+        validate,
+    )
 
     if args.config is None:
         if args.resume and args.resume != "latest":
             saved = Path(args.resume) / "config.yaml"
             if not saved.is_file():
                 raise ValueError(f"{saved} does not exist; pass --config")
+            if cls is None:
+                return load_family_config(saved, args.overrides)
             data = apply_overrides(read_yaml_file(saved) or {}, args.overrides, cls)
             config = from_dict(cls, data)
             validate(config)
             return config
         raise ValueError("pass --config FILE (e.g. configs/shapes.yaml), or --resume "
                          "CHECKPOINT_FOLDER to reuse a checkpoint's config")
+    if cls is None:
+        return load_family_config(args.config, args.overrides)
     return load_config(args.config, cls, args.overrides)
 
 
 def _run(args: argparse.Namespace, which: str) -> int:
-    from pictor.config import AutoencoderTrainConfig, FinetuneConfig, TrainConfig
+    from pictor.config import AutoencoderTrainConfig, FinetuneConfig
     from pictor.training.loop import NonFiniteLossError
 
     try:
@@ -160,13 +191,17 @@ def _run(args: argparse.Namespace, which: str) -> int:
                 args.overrides = [*args.overrides, f"--reward.init_from={args.init}"]
             config = _resolve_config(args, FinetuneConfig)
             result = finetune(config, resume=args.resume)
-        elif which == "train":
-            config = _resolve_config(args, TrainConfig)
+        elif which == "train":  # the family's trainer, as the config's model.family says
+            config = _resolve_config(args, None)
             if args.launcher == "spark":
-                return _train_on_spark(args, config)
-            from pictor.training.trainer import train
+                from pictor.config import family_of
 
-            result = train(config, resume=args.resume)
+                if family_of(config) != "diffusion":
+                    raise ValueError(f"--launcher spark trains the diffusion family; this config "
+                                     f"is model.family: {family_of(config)} (train it with the "
+                                     "local launcher)")
+                return _train_on_spark(args, config)
+            result = _family_trainer(config)(config, resume=args.resume)
         else:
             from pictor.training.autoencoder import train_autoencoder
 

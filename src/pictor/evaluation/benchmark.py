@@ -99,11 +99,15 @@ def run_suite(
     start = time.perf_counter()
     bar = tqdm(total=len(items) * images_per_prompt, desc=f"eval {suite}", unit="img",
                disable=not progress)
+    # A GAN or VAE (pictor.families) has no sampler, steps or guidance: it gets prompt and seed.
+    family = getattr(pipeline, "family", "diffusion")
+    sampling = {} if family != "diffusion" else {
+        "num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale,
+        "layout": layout}
     for i, item in enumerate(items):
         seed = image_seed(suite, i, 0, base_seed)
         images = pipeline.generate(item.prompt, num_images=images_per_prompt, seed=seed,
-                                   num_steps=num_steps, sampler=sampler,
-                                   guidance_scale=guidance_scale, layout=layout)
+                                   **sampling)
         for j, generated in enumerate(images):
             result = score_image(generated.image, item.canonical)
             results.append(result)
@@ -125,6 +129,11 @@ def run_suite(
                 "guidance_interval": guidance_interval_value(DEFAULT_GUIDANCE_INTERVAL),
                 "compute_dtype": getattr(pipeline, "compute_dtype", "float32"),
                 "layout": layout}
+    if family != "diffusion":  # one network pass per image: the sampling settings do not apply
+        settings = {"family": family, "images_per_prompt": images_per_prompt,
+                    "num_steps": 1, "sampler": None, "guidance_scale": None,
+                    "base_seed": base_seed, "compute_dtype": settings["compute_dtype"],
+                    "layout": False}
     return SuiteReport(suite=suite, settings=settings, scores=scores, intervals=intervals,
                        seconds_per_image=elapsed / max(1, len(results)), results=results,
                        seeds=seeds, prompts=prompts)

@@ -61,6 +61,9 @@ FLOOR_NAMESPACE = "train"
 FLOOR_SEED_OFFSET = 2**63  # floor renders: beyond every synth run's example seeds
 SWEEP_KEYS = ("steps", "guidance", "sampler", "layout")  # what --sweep may vary
 _LEAST_DIVERSE_SHOWN = 5
+# Mode-collapse check: a prompt counts as collapsed when its generated images are less than this
+# share as diverse (mean pairwise feature distance) as real renders of the same prompt.
+COLLAPSE_RATIO = 0.25
 
 
 class Generates(Protocol):
@@ -220,6 +223,8 @@ class DiversitySummary:
     mean_real: float  # the same for the held-out real renders
     per_category: dict[str, tuple[float, float]]  # category -> (generated, real) means
     least_diverse: list[tuple[str, float, float]]  # (prompt, generated, real), lowest ratio first
+    collapsed_prompts: int = 0  # prompts below COLLAPSE_RATIO x the real diversity
+    num_prompts: int = 0
 
     @property
     def ratio(self) -> float:
@@ -229,7 +234,10 @@ class DiversitySummary:
         return {"mean_generated": self.mean_generated, "mean_real": self.mean_real,
                 "ratio": self.ratio,
                 "per_category": {c: list(v) for c, v in self.per_category.items()},
-                "least_diverse": [list(x) for x in self.least_diverse]}
+                "least_diverse": [list(x) for x in self.least_diverse],
+                "mode_collapse": {"collapsed_prompts": self.collapsed_prompts,
+                                  "num_prompts": self.num_prompts,
+                                  "threshold_ratio": COLLAPSE_RATIO}}
 
 
 def summarise_diversity(items: Sequence[SuiteItem], generated: dict[str, float],
@@ -242,9 +250,11 @@ def summarise_diversity(items: Sequence[SuiteItem], generated: dict[str, float],
             per_category[c] = (float(np.mean([generated[p] for p in prompts])),
                                float(np.mean([real[p] for p in prompts])))
     ranked = sorted(generated, key=lambda p: generated[p] / max(real[p], 1e-12))
+    collapsed = sum(generated[p] < COLLAPSE_RATIO * real[p] for p in generated)
     return DiversitySummary(float(np.mean(list(generated.values()))),
                             float(np.mean(list(real.values()))), per_category,
-                            [(p, generated[p], real[p]) for p in ranked[:_LEAST_DIVERSE_SHOWN]])
+                            [(p, generated[p], real[p]) for p in ranked[:_LEAST_DIVERSE_SHOWN]],
+                            collapsed_prompts=int(collapsed), num_prompts=len(generated))
 
 
 @dataclass
@@ -257,19 +267,27 @@ class RunResult:
     distribution: DistributionMetrics | None = None  # vs the held-out real set
     diversity: DiversitySummary | None = None
     images: list[Image.Image] = field(default_factory=list)  # kept for the base runs only
+    # the model's likelihood where it defines one (the VAE: negative ELBO in bits/dim on the
+    # held-out real renders of the suite's prompts); None for diffusion and GAN here
+    likelihood: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready numbers of the run (without the per-image verdicts)."""
         defaults = {k: self.report.settings[k] for k in ("guidance_interval", "compute_dtype")
                     if k in self.report.settings}
-        return {"settings": self.settings.to_dict() | defaults,
+        settings = self.settings.to_dict() | defaults
+        if self.report.settings.get("family", "diffusion") != "diffusion":  # a GAN or VAE
+            settings = {k: self.report.settings[k] for k in
+                        ("family", "num_steps", "sampler", "guidance_scale", "compute_dtype")}
+        return {"settings": settings,
                 "scores": self.report.scores,
                 "intervals_95": {**{k: list(v) for k, v in self.report.intervals.items()},
                                  "overall": list(self.overall_interval)},
                 "seconds_per_image": self.report.seconds_per_image,
                 "num_images": len(self.report.results),
                 "distribution": self.distribution.to_dict() if self.distribution else None,
-                "diversity": self.diversity.to_dict() if self.diversity else None}
+                "diversity": self.diversity.to_dict() if self.diversity else None,
+                "likelihood": self.likelihood}
 
 
 @dataclass
@@ -281,6 +299,7 @@ class ModelEvaluation:
     sha256: str | None
     image_size: int
     run: RunResult
+    family: str = "diffusion"  # diffusion, gan or vae (pictor.families)
 
 
 @dataclass
@@ -317,6 +336,10 @@ def evaluate(pipelines: Sequence[Generates], *, suite: str = DEFAULT_SUITE,
     unknown = sorted(set(sweeps) - set(SWEEP_KEYS))
     if unknown:
         raise ValueError(f"unknown sweep key(s) {unknown}; choose from {', '.join(SWEEP_KEYS)}")
+    first_family = getattr(pipelines[0], "family", "diffusion")
+    if sweeps and first_family != "diffusion":
+        raise ValueError(f"--sweep varies diffusion sampling settings; the first model is a "
+                         f"{first_family} model (put a diffusion model first to sweep it)")
     if "sampler" in sweeps:
         sweeps["sampler"] = [canonical_sampler_name(v) for v in sweeps["sampler"]]
     settings = replace(settings, sampler=canonical_sampler_name(settings.sampler))
@@ -350,6 +373,8 @@ def evaluate(pipelines: Sequence[Generates], *, suite: str = DEFAULT_SUITE,
             diversity = per_prompt_diversity(items, generated, images_per_prompt)
             if diversity is not None and ref.diversity is not None:
                 run.diversity = summarise_diversity(items, diversity, ref.diversity)
+        if hasattr(pipe, "bits_per_dim") and getattr(pipe, "family", "") == "vae":
+            run.likelihood = heldout_likelihood(pipe, items, images_per_prompt, suite, base_seed)
         if keep_images:
             run.images = images
         return run
@@ -362,7 +387,8 @@ def evaluate(pipelines: Sequence[Generates], *, suite: str = DEFAULT_SUITE,
             model_dir=str(model_dir) if model_dir is not None else None,
             sha256=getattr(pipe, "model_sha256", None),
             image_size=int(getattr(pipe, "image_size", CANVAS_SIZE_PX)),
-            run=one_run(pipe, settings, keep_images=True)))
+            run=one_run(pipe, settings, keep_images=True),
+            family=str(getattr(pipe, "family", "diffusion"))))
     done = {settings: models[0].run}
     swept: dict[str, list[RunResult]] = {}
     for key, values in sweeps.items():
@@ -382,8 +408,23 @@ def evaluate(pipelines: Sequence[Generates], *, suite: str = DEFAULT_SUITE,
                       elapsed_seconds=time.perf_counter() - start)
 
 
-def load_pipelines(model_dirs: Sequence[str | Path], device: str = "cpu") -> list[Any]:
-    """load_pipeline for each folder; ValueError (naming the folder) for a bad one."""
-    from pictor.pipeline import load_pipeline
+def heldout_likelihood(pipe: Any, items: Sequence[SuiteItem], images_per_prompt: int,
+                       suite: str, seed: int) -> dict[str, Any]:
+    """The model's negative ELBO in bits/dim (pipe.bits_per_dim) on the held-out real renders
+    of the suite's prompts (the reference set of the distribution metrics), each with its
+    prompt."""
+    size = int(pipe.image_size)
+    images = reference_images(items, images_per_prompt, SUITES[suite].namespace,
+                              REFERENCE_SEED_OFFSET, size)
+    prompts = [item.prompt for item in items for _ in range(images_per_prompt)]
+    return {"negative_elbo_bits_per_dim": pipe.bits_per_dim(images, prompts, seed=seed),
+            "num_images": len(images), "on": "held-out real renders of the suite's prompts",
+            "image_size": size}
 
-    return [load_pipeline(d, device=device) for d in model_dirs]
+
+def load_pipelines(model_dirs: Sequence[str | Path], device: str = "cpu") -> list[Any]:
+    """The sampling pipeline of each folder, of whatever family its config names
+    (pictor.families.pipeline.load_model); ValueError (naming the folder) for a bad one."""
+    from pictor.families.pipeline import load_model
+
+    return [load_model(d, device=device) for d in model_dirs]

@@ -293,24 +293,66 @@ def sweep_section(evaluation: Evaluation, key: str, runs: Sequence[RunResult], o
         Figure(path, f"score and seconds per image vs {key}"), Table(header, rows)])
 
 
-def comparison_section(evaluation: Evaluation) -> Section:
-    has_fd = all(m.run.distribution is not None for m in evaluation.models)
-    header = ["model", "sha256", "overall", "95% interval", *CATEGORIES, "s/image"] + (
-        ["FD (floor)", "KID x 1000", "precision", "recall"] if has_fd else [])
+def _settings_label(evaluation: Evaluation, model: ModelEvaluation) -> str:
+    """The sampling settings a model ran at: the base settings for diffusion, one network pass
+    for a GAN or VAE (they have no sampler, steps or guidance)."""
+    if model.family != "diffusion":
+        return f"{model.family.upper()}: one network pass per image"
+    return evaluation.settings.label()
+
+
+def comparison_section(evaluation: Evaluation, out_dir: Path) -> Section:
+    models = evaluation.models
+    has_fd = all(m.run.distribution is not None for m in models)
+    has_div = all(m.run.diversity is not None for m in models)
+    has_ll = any(m.run.likelihood is not None for m in models)
+    header = ["model", "family", "sha256", "overall", "95% interval", *CATEGORIES, "s/image"] + (
+        ["FD (floor)", "KID x 1000", "precision", "recall"] if has_fd else []) + (
+        ["diversity ratio", "collapsed prompts"] if has_div else []) + (
+        ["bits/dim (-ELBO)"] if has_ll else [])
     rows = []
-    for m in evaluation.models:
+    for m in models:
         s = m.run.report.scores
-        row = [m.name, (m.sha256 or "-")[:12], f"{s['overall']:.3f}", _ci(m.run.overall_interval),
+        row = [m.name, m.family, (m.sha256 or "-")[:12], f"{s['overall']:.3f}",
+               _ci(m.run.overall_interval),
                *[f"{s[c]:.3f}" if c in s else "-" for c in CATEGORIES],
                f"{m.run.report.seconds_per_image:.3f}"]
         if has_fd:
             d, f = m.run.distribution, evaluation.references[m.image_size].floor
             row += [f"{d.frechet_distance:.3f} ({f.frechet_distance:.3f})", f"{1000 * d.kid:.3f}",
                     f"{d.precision:.3f}", f"{d.recall:.3f}"]
+        if has_div:
+            div = m.run.diversity
+            row += [f"{div.ratio:.2f}", f"{div.collapsed_prompts}/{div.num_prompts}"]
+        if has_ll:
+            ll = m.run.likelihood
+            row.append("-" if ll is None else f"{ll['negative_elbo_bits_per_dim']:.3f}")
         rows.append(row)
-    return Section("Comparison", [
-        Text(f"All models at the base settings ({evaluation.settings.label()}), same prompts "
-             "and seeds."), Table(header, rows)])
+    settings = "; ".join(dict.fromkeys(_settings_label(evaluation, m) for m in models))
+    blocks: list[Any] = [
+        Text(f"Each model at its settings ({settings}), same prompts and seeds. FD is against "
+             "held-out real renders (the real-vs-real floor in brackets); diversity ratio: "
+             "per-prompt diversity of the generated images over that of real renders of the "
+             "same prompts; a prompt counts as collapsed below 0.25 of the real diversity. "
+             "bits/dim: the VAE's negative ELBO on the held-out real renders (an upper bound on "
+             "its negative log-likelihood); diffusion and GAN report none here."),
+        Table(header, rows)]
+    names = [m.name for m in models]
+    panels = [Panel("model", "overall score (95% interval)", names,
+                    [m.run.report.scores["overall"] for m in models],
+                    low=[m.run.overall_interval[0] for m in models],
+                    high=[m.run.overall_interval[1] for m in models], y_range=(0.0, 1.0)),
+              Panel("model", "seconds per image", names,
+                    [m.run.report.seconds_per_image for m in models], value_format="{:.4f}")]
+    if has_fd:
+        panels.append(Panel("model", "Frechet distance", names,
+                            [m.run.distribution.frechet_distance for m in models]))
+    if has_div:
+        panels.append(Panel("model", "diversity ratio (generated / real)", names,
+                            [m.run.diversity.ratio for m in models], value_format="{:.2f}"))
+    path = plot_panels(out_dir / "plots" / "comparison.png", "model comparison", panels)
+    blocks.append(Figure(path, "overall score, seconds per image, FD and diversity per model"))
+    return Section("Comparison", blocks)
 
 
 def prompts_section(evaluation: Evaluation, per_category: int = 2) -> Section | None:
@@ -340,7 +382,7 @@ def build_sections(evaluation: Evaluation, out_dir: Path) -> list[Section]:
     intro = (f"Model `{main.name}` (sha256 {(main.sha256 or '-')[:12]}...): suite "
              f"`{evaluation.suite}` v{evaluation.suite_version}, {n_prompts} prompts x "
              f"{evaluation.images_per_prompt} images = {len(main.run.report.results)} images; "
-             f"{evaluation.settings.label()}; base seed {evaluation.base_seed} (image j of "
+             f"{_settings_label(evaluation, main)}; base seed {evaluation.base_seed} (image j of "
              f"prompt i uses seed {seeds}). {main.run.report.seconds_per_image:.3f} s "
              f"per image; the whole evaluation took {evaluation.elapsed_seconds:.0f} s.")
     sections = [Section("Summary", [Text(intro)]),
@@ -355,7 +397,7 @@ def build_sections(evaluation: Evaluation, out_dir: Path) -> list[Section]:
     if main.run.distribution is not None:
         sections.append(Section("Distribution metrics", distribution_blocks(evaluation, main)))
     if len(evaluation.models) > 1:
-        sections.append(comparison_section(evaluation))
+        sections.append(comparison_section(evaluation, out_dir))
     for key, runs in evaluation.sweeps.items():
         sections.append(sweep_section(evaluation, key, runs, out_dir))
     for index, model in enumerate(evaluation.models):
@@ -370,8 +412,8 @@ def report_data(evaluation: Evaluation) -> dict[str, Any]:
     """The JSON document of the report."""
     def model_entry(m: ModelEvaluation) -> dict[str, Any]:
         images = m.run.report.to_dict()["images"]
-        return {"name": m.name, "model_dir": m.model_dir, "sha256": m.sha256,
-                "image_size": m.image_size, **m.run.summary(), "images": images}
+        return {"name": m.name, "family": m.family, "model_dir": m.model_dir,
+                "sha256": m.sha256, "image_size": m.image_size, **m.run.summary(), "images": images}
 
     return {
         "format": REPORT_FORMAT,

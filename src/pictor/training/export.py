@@ -71,6 +71,15 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "floa
     )
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if (run_dir / "config.yaml").is_file():  # a GAN or VAE run: its final/ is the model folder
+        from pictor.config import family_config_from_yaml_text, family_of, read_text_limited
+
+        family = family_of(family_config_from_yaml_text(
+            read_text_limited(run_dir / "config.yaml"), str(run_dir / "config.yaml")))
+        if family != "diffusion":
+            raise ValueError(f"{run_dir} is a {family} run; export-model copies diffusion runs. "
+                             f"Its {run_dir / 'final'} is already a model folder (--model "
+                             f"{run_dir / 'final'})")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
     encoder = None

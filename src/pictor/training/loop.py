@@ -255,12 +255,14 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
 
     prepare_step = getattr(task, "prepare_step", None)
     model.train()
+    loop_start = time.perf_counter()  # training.max_wall_seconds counts from here
+    final_step = max(start_step, tcfg.max_steps)
     for step in range(start_step, tcfg.max_steps):
         t_start = time.perf_counter()
         lr = lr_at(step, ocfg.lr, ocfg.warmup_steps, tcfg.max_steps, ocfg.lr_schedule,
                    ocfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in optimizer.param_groups:  # lr_scale: a group's own ratio (a GAN's two players)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         if prepare_step is not None:  # e.g. reward fine-tuning samples a new round here
             prepare_step(step, ema.module)
         indices = sampler.next(tcfg.batch_size)                 # (B,) global batch
@@ -308,11 +310,15 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
             progress.update(1)
             progress.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{imgs_per_s:.0f}",
                                  refresh=False)
-        if step_done % tcfg.log_every_steps == 0 or step_done == tcfg.max_steps:
+        out_of_time = False  # a wall-clock budget (equal budgets for the family comparison)
+        if tcfg.max_wall_seconds is not None and step_done < tcfg.max_steps:
+            over = float(time.perf_counter() - loop_start >= tcfg.max_wall_seconds)
+            out_of_time = bool(all_reduce_sum(dist, torch.tensor([over], dtype=torch.float64))[0])
+        if step_done % tcfg.log_every_steps == 0 or step_done == tcfg.max_steps or out_of_time:
             logger.log(step_done, loss=losses[-1], lr=lr, grad_norm=float(grad_norm),
                        images_per_second=imgs_per_s, epoch=sampler.epoch,
                        **getattr(task, "loss_terms", {}))
-        is_last = step_done == tcfg.max_steps
+        is_last = step_done == tcfg.max_steps or out_of_time
         if (tcfg.checkpoint_every_steps and step_done % tcfg.checkpoint_every_steps == 0) \
                 or is_last:
             last_ckpt = save(step_done) or last_ckpt
@@ -324,6 +330,13 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
                     logger.log(step_done, **scalars)
             barrier(dist)
             model.train()
+        if out_of_time:
+            final_step = step_done
+            if dist.is_main:
+                print(f"training.max_wall_seconds={tcfg.max_wall_seconds:g} reached after step "
+                      f"{step_done} of {tcfg.max_steps}: stopped with a checkpoint and final/",
+                      file=sys.stderr, flush=True)
+            break
 
     if progress is not None:
         progress.close()
@@ -334,7 +347,7 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
     barrier(dist)
     if resume_path is not None and last_ckpt is None:
         last_ckpt = resume_path
-    return TrainResult(run_dir=run_dir, step=max(start_step, tcfg.max_steps), losses=losses,
+    return TrainResult(run_dir=run_dir, step=final_step, losses=losses,
                        last_checkpoint=last_ckpt if dist.is_main else None,
                        ema_module=ema.module, model=model)
 
@@ -357,11 +370,14 @@ def _stop_nonfinite(what: str, value: float, step: int, last_ckpt: Path | None,
 def build_optimizer(model: nn.Module, ocfg: Any) -> torch.optim.Optimizer:
     """The optimizer of optimizer.name. foreach: one multi-tensor kernel per update instead of
     a Python loop over parameters (torch's default on CPU is the loop); deterministic either
-    way."""
+    way. A model with `optimizer_groups()` (pictor.networks.gan.GanPair) gives its own
+    parameter groups."""
+    groups = getattr(model, "optimizer_groups", None)
+    params = groups() if groups is not None else model.parameters()
     if ocfg.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=ocfg.lr, momentum=ocfg.betas[0],
+        return torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.betas[0],
                                weight_decay=ocfg.weight_decay, foreach=True)
-    return torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=tuple(ocfg.betas),
+    return torch.optim.AdamW(params, lr=ocfg.lr, betas=tuple(ocfg.betas),
                              weight_decay=ocfg.weight_decay, eps=ocfg.eps, foreach=True)
 
 
