@@ -235,8 +235,10 @@ def model_digest(model_dir: str | Path) -> str:
     return _digest(_weight_files(model_dir, config, ae_path))
 
 
-def _model_name(model_dir: Path) -> str:
-    d = model_dir.resolve()
+def model_name_of(model_dir: str | Path) -> str:
+    """The name a model folder goes by (provenance records, `pictor serve`): its folder name,
+    or <run>/final for a training run's final/ folder."""
+    d = Path(model_dir).resolve()
     return f"{d.parent.name}/{d.name}" if d.name == "final" else d.name
 
 
@@ -313,7 +315,7 @@ class Pipeline:
         self.codec = codec
         self.device = device
         self.model_sha256 = model_sha256
-        self.model_name = _model_name(model_dir)
+        self.model_name = model_name_of(model_dir)
         self.schedule = NoiseSchedule.from_config(config.diffusion.schedule)
         self.prediction_type = config.diffusion.prediction_type
         self.image_size = config.data.image_size

@@ -26,3 +26,34 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         data, cache = shared_data(tmp_path_factory)
         train(tiny_config(data, cache, out, *MICRO_MODEL, *TINY_STEPS))
     return final
+
+
+def second_tiny_model_dir(tmp_path_factory, name: str = "pictor_tiny_second") -> Path:
+    """A second model, distinct from tiny_model_dir's: its folder (named `name`, which is also
+    its model name) holds the same config and the tiny U-Net's weights, each floating tensor
+    moved by 0.2 of its own standard deviation of fixed noise, so both models make visibly
+    different images from one request and a test can tell which one answered."""
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    first = tiny_model_dir(tmp_path_factory)
+    out = tmp_path_factory.getbasetemp() / name
+    if (out / "unet.safetensors").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first / "config.yaml", out / "config.yaml")
+    gen = torch.Generator().manual_seed(1)
+    with safe_open(str(first / "unet.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {}
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            t = f.get_tensor(key)
+            if t.is_floating_point() and t.numel() > 1:
+                noise = torch.randn(t.shape, generator=gen, dtype=torch.float32)
+                t = (t.float() + 0.2 * t.float().std() * noise).to(t.dtype)
+            tensors[key] = t.contiguous()
+    save_file(tensors, str(out / "unet.safetensors"), metadata=metadata)
+    return out

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import uvicorn
 from fastapi import FastAPI
 
@@ -63,6 +64,15 @@ def running_app(app: FastAPI, *, start_timeout_seconds: float = 60.0) -> Iterato
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def solo_pixels(pipe, body: dict) -> list[np.ndarray]:
+    """What `pictor generate` makes for this request body."""
+    images = pipe.generate(body["prompt"], num_images=body.get("n", 1), seed=body["seed"],
+                           num_steps=body["steps"], sampler=body.get("sampler", "dpm++2m"),
+                           guidance_scale=body.get("guidance", 4.0),
+                           negative_prompt=body.get("negative_prompt", ""))
+    return [np.asarray(g.image) for g in images]
 
 
 def wait_for(client: httpx.Client, job_id: str, statuses=("succeeded", "failed", "cancelled"),

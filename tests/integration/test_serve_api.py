@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pipeline_support import tiny_model_dir
-from serve_support import TOKEN, running_server, wait_for, wait_running
+from serve_support import TOKEN, running_server, solo_pixels, wait_for, wait_running
 
 from pictor.hardware import device_name
 from pictor.pipeline import load_pipeline
@@ -43,15 +43,6 @@ def server(pipe):
 def client(server):
     with httpx.Client(base_url=server, timeout=60) as c:
         yield c
-
-
-def solo_pixels(pipe, body: dict) -> list[np.ndarray]:
-    """What `pictor generate` makes for this request body."""
-    images = pipe.generate(body["prompt"], num_images=body.get("n", 1), seed=body["seed"],
-                           num_steps=body["steps"], sampler=body.get("sampler", "dpm++2m"),
-                           guidance_scale=body.get("guidance", 4.0),
-                           negative_prompt=body.get("negative_prompt", ""))
-    return [np.asarray(g.image) for g in images]
 
 
 def served_pixels(client: httpx.Client, job: dict) -> list[np.ndarray]:

@@ -1,7 +1,8 @@
 """The web page in headless Chromium (Debian's `chromium`, driven by Playwright's Python package
 pointed at it; no Playwright browser download): the page asks for the token, a prompt is
 entered, the live progress runs, the image shows with its metadata, and the downloaded PNG
-carries the provenance record. A screenshot is saved as a test artefact: under the test's tmp
+carries the provenance record; with two models served, the model picker chooses which one
+makes the image. A screenshot is saved as a test artefact: under the test's tmp
 folder, and also in $PICTOR_TEST_ARTIFACTS when that is set.
 
 Skipped when chromium or playwright is missing (apt-get install chromium;
@@ -16,8 +17,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from pipeline_support import tiny_model_dir
-from serve_support import TOKEN, running_app, running_server
+from pipeline_support import second_tiny_model_dir, tiny_model_dir
+from serve_support import TOKEN, running_app, running_server, wait_ready
 
 from pictor.pipeline import load_pipeline
 from pictor.provenance import DIGITAL_SOURCE_TYPE, read_digital_source_type, read_provenance
@@ -37,6 +38,16 @@ pytestmark = pytest.mark.skipif(
     reason="needs Debian's chromium (apt-get install chromium)")
 
 
+def open_page(browser, url: str):
+    """(the page at url, the list its script errors are collected in)."""
+    page = browser.new_page(accept_downloads=True)
+    page.set_default_timeout(90_000)
+    console_errors: list[str] = []
+    page.on("pageerror", lambda err: console_errors.append(str(err)))
+    page.goto(url + "/")
+    return page, console_errors
+
+
 def test_page_generates_an_image_with_its_metadata(tmp_path, tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api")
     pipe = load_pipeline(tiny_model_dir(tmp_path_factory))
@@ -44,11 +55,7 @@ def test_page_generates_an_image_with_its_metadata(tmp_path, tmp_path_factory):
     with running_server(settings, pipe) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(accept_downloads=True)
-            page.set_default_timeout(90_000)
-            console_errors: list[str] = []
-            page.on("pageerror", lambda err: console_errors.append(str(err)))
-            page.goto(url + "/")
+            page, console_errors = open_page(browser, url)
             # the server wants a token: the page says so and opens the token box
             page.wait_for_selector("#token-box[open]")
             page.fill("#token", TOKEN)
@@ -115,5 +122,51 @@ def test_page_opened_while_the_model_loads_waits_for_it(tmp_path_factory):
             release.set()
             page.wait_for_selector("#sampler option[value='dpm++2m']", state="attached")
             assert "loading" not in page.text_content("#model-info")
+        finally:
+            browser.close()
+
+
+def test_page_model_picker_chooses_the_model(tmp_path_factory):
+    """Two models served: the picker lists both (the first chosen), the second is picked, and
+    the image's record and the job card name it; its pixels are that model's."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import numpy as np
+    from PIL import Image
+
+    pipes = [load_pipeline(tiny_model_dir(tmp_path_factory)),
+             load_pipeline(second_tiny_model_dir(tmp_path_factory))]
+    app = create_app(ServeSettings(), models=[(None, p) for p in pipes])
+    with running_app(app) as url, sync_api.sync_playwright() as pw:
+        wait_ready(url)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page, console_errors = open_page(browser, url)
+            page.wait_for_selector("#sampler option[value='dpm++2m']", state="attached")
+            names = page.eval_on_selector_all("#model option", "(os) => os.map((o) => o.value)")
+            assert names == [p.model_name for p in pipes]
+            assert page.input_value("#model") == pipes[0].model_name
+            assert pipes[0].model_name in page.text_content("#model-info")
+            # the picker has an accessible name: its label
+            assert page.get_by_label("Model").evaluate("(el) => el.id") == "model"
+            page.select_option("#model", pipes[1].model_name)
+            assert pipes[1].model_name in page.text_content("#model-info")
+            page.fill("#prompt", PROMPT)
+            page.fill("#seed", "5")
+            page.fill("#steps", "4")
+            page.click("#generate")
+            page.wait_for_selector("article.job[data-status='succeeded'] figure.result img")
+            assert page.text_content("dd[data-field='model']").startswith(
+                pipes[1].model_name + " ")
+            assert page.text_content("article.job .job-model") == "by " + pipes[1].model_name
+            assert pipes[1].model_name in page.get_attribute("figure.result img", "alt")
+            with page.expect_download() as download:
+                page.click("a.download")
+            record = read_provenance(download.value.path())
+            assert (record.model_name, record.model_sha256) == (pipes[1].model_name,
+                                                                pipes[1].model_sha256)
+            expected = pipes[1].generate(PROMPT, seed=5, num_steps=4)[0].image
+            served = Image.open(download.value.path()).convert("RGB")
+            assert np.array_equal(np.asarray(served), np.asarray(expected))
+            assert not console_errors, console_errors
         finally:
             browser.close()

@@ -1,16 +1,21 @@
 """`pictor serve`: the REST API and web page (pictor.serving) on uvicorn.
 
-    pictor serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--token-file F]
+    pictor serve [--model DIR [--model DIR ...]] [--host 127.0.0.1] [--port 8000] [--token-file F]
                  [--visible-mark] [--max-batch-images 16] [--max-queued-jobs 32] [--fast-batching]
                  [--embedding-disk-cache] [--device cpu]
 
 Bound to loopback it runs without a token (unless --token-file or $PICTOR_TOKEN gives one, then
 the token is required there too); on any other address it refuses to start without one. Open
 http://HOST:PORT/ for the page, /openapi.json for the API schema. Errors in the user's input
-(missing model folder, bad token file, unsafe address) exit with 2.
+(missing model folder, two models of one name, bad token file, unsafe address) exit with 2.
 
-The server listens at once and loads the model in the background: /healthz answers (liveness)
-while /readyz says 503 until the model is loaded and warmed (pictor.serving.readiness).
+--model may be repeated: every folder is served under its name (its folder name, or <run>/final
+for a training run's final/ folder: the model_name of the images' provenance records), the first
+is the default, and requests choose one with their `model` field (pictor.serving.models). Two
+folders of the same name are an error: rename one.
+
+The server listens at once and loads the models in the background: /healthz answers (liveness)
+while /readyz says 503 until every model is loaded and warmed (pictor.serving.readiness).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from pictor.cli.generate import _error, add_model_argument, resolve_model_dir
+from pictor.cli.generate import DEFAULT_MODEL_NAME, _error, resolve_model_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Serve text-to-image generation over HTTP: an async "
                                           "REST API (OpenAPI at /openapi.json) and a web page "
                                           "at /. Every image carries its provenance record.")
-    add_model_argument(p)
+    p.add_argument("--model", action="append", default=None, metavar="DIR",
+                   help=f"model folder; repeat it to serve several, the first the default "
+                        f"(default $PICTOR_MODEL, else models/{DEFAULT_MODEL_NAME})")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; others need --token-file)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -72,7 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pictor.families.pipeline import read_family
-    from pictor.pipeline import load_pipeline, resolve_model_files
+    from pictor.pipeline import load_pipeline, model_name_of, resolve_model_files
     from pictor.serving.app import create_app
     from pictor.serving.settings import ServeSettings, read_token_env, read_token_file
 
@@ -86,20 +93,24 @@ def run_serve(args: argparse.Namespace) -> int:
                                  embedding_disk_cache=args.embedding_disk_cache)
         settings.check()  # before the model loads: an unsafe address fails fast
         device = serving_device(args.device)
-        model_dir = resolve_model_dir(args.model)
-        family = read_family(model_dir)
-        if family != "diffusion":
-            raise ValueError(f"{model_dir} holds a {family} model; `pictor serve` runs "
-                             "diffusion models only (its batching steps the sampler). Use "
-                             f"`pictor generate --model {model_dir}` for {family} images")
-        resolve_model_files(model_dir)  # a folder without its files fails here, before serving
-        settings.model_dir = str(model_dir)
-        app = create_app(settings, loader=partial(load_pipeline, model_dir, device))
+        model_dirs = [resolve_model_dir(m) for m in args.model or [None]]
+        for model_dir in model_dirs:  # a folder without its files fails here, before serving
+            family = read_family(model_dir)
+            if family != "diffusion":
+                raise ValueError(f"{model_dir} holds a {family} model; `pictor serve` runs "
+                                 "diffusion models only (its batching steps the sampler). Use "
+                                 f"`pictor generate --model {model_dir}` for {family} images")
+            resolve_model_files(model_dir)
+        settings.model_dir = str(model_dirs[0])
+        # ServedModels refuses two models of one name (ValueError)
+        app = create_app(settings, models=[(model_name_of(d), partial(load_pipeline, d, device))
+                                           for d in model_dirs])
     except ValueError as err:
         return _error(str(err))
     auth = "bearer token required" if token else "no token (loopback only)"
-    print(f"pictor serving {model_dir} on http://{args.host}:{args.port}/ "
-          f"({auth}); /readyz says when the model is loaded", flush=True)
+    served = ", ".join(f"{model_name_of(d)} ({d})" for d in model_dirs)
+    print(f"pictor serving {served} on http://{args.host}:{args.port}/ "
+          f"({auth}); /readyz says when the models are loaded", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info",
                 timeout_graceful_shutdown=5)
     return 0

@@ -10,7 +10,12 @@ other way round, so the oldest job always runs next.
 
 Threads: routes (event loop) call submit/get/cancel/subscribe, the worker mutates jobs; one
 lock guards the queue and the job table. Events reach asyncio subscribers through
-loop.call_soon_threadsafe.
+loop.call_soon_threadsafe. A server with several models has one JobQueue (and worker) per model,
+all sharing one `run_lock`: a worker holds it from encoding its candidates' prompts to the end of
+its batch, so one batch runs at a time across models (two at once on a CPU box would compete for
+the same cores). Its jobs stay queued while another model's batch runs (the lock is granted in
+the order the workers asked for it, so no model starves another), and Retry-After counts only
+this queue's own batch.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from pictor.serving.batching import (
     decode_request,
     sample_batch,
 )
+from pictor.serving.fair_lock import FairLock
 from pictor.serving.mark import LABEL, add_visible_mark
 from pictor.serving.settings import ServeSettings
 
@@ -120,8 +126,11 @@ def preview_data_url(image) -> str:
 class JobQueue:
     """Bounded queue + worker thread around one loaded Pipeline. start() / stop()."""
 
-    def __init__(self, pipe: Pipeline, settings: ServeSettings) -> None:
+    def __init__(self, pipe: Pipeline, settings: ServeSettings,
+                 run_lock: FairLock | None = None) -> None:
         self.pipe, self.settings = pipe, settings
+        # held while this worker runs torch; shared by the queues of one server's models
+        self.run_lock = run_lock if run_lock is not None else FairLock()
         # a server sees unboundedly many distinct prompts: bound the pipeline's embedding cache
         pipe.prompt_cache_size = settings.max_cached_prompts
         pipe.embedding_disk_cache = settings.embedding_disk_cache
@@ -298,37 +307,41 @@ class JobQueue:
                     return
             if self.settings.batch_window_seconds > 0:
                 time.sleep(self.settings.batch_window_seconds)
-            with self._lock:
-                candidates = list(self._queue[:4 * self.settings.max_batch_images])
-            for job in candidates:  # text encoding (torch): outside the lock, worker only
-                if job.key is None:
-                    job.key = self._key(job)
-            with self._lock:
-                if not self._queue:
-                    continue
-                batch = self._take_batch()
-                batch_id = secrets.token_hex(6)
-                for job in batch:
-                    self._queue.remove(job)
-                    job.status, job.started_at = JobStatus.RUNNING, time.time()
-                    job.batch_id = batch_id
-                    job.batch_num_images = sum(j.request.num_images for j in batch)
-                    self._publish(job, "status", {"id": job.id, "status": "running",
-                                                  "batch_id": batch_id,
-                                                  "batch_num_images": job.batch_num_images})
-                self._running = batch
-            try:
-                self._run(batch)
-            except Exception as err:  # noqa: BLE001 - a failed batch must not stop the worker
-                log.exception("batch %s failed", batch_id)
+            with self.run_lock:  # one batch at a time across the server's models
                 with self._lock:
+                    if self._stopping:
+                        return
+                    candidates = list(self._queue[:4 * self.settings.max_batch_images])
+                for job in candidates:  # text encoding (torch): outside the lock, worker only
+                    if job.key is None:
+                        job.key = self._key(job)
+                with self._lock:
+                    if not self._queue:
+                        continue
+                    batch = self._take_batch()
+                    batch_id = secrets.token_hex(6)
                     for job in batch:
-                        if not job.finished:
-                            self._finish(job, JobStatus.FAILED, f"{type(err).__name__}: {err}")
-            finally:
-                with self._lock:
-                    self._running = []
-                    self._evict_finished()
+                        self._queue.remove(job)
+                        job.status, job.started_at = JobStatus.RUNNING, time.time()
+                        job.batch_id = batch_id
+                        job.batch_num_images = sum(j.request.num_images for j in batch)
+                        self._publish(job, "status", {
+                            "id": job.id, "status": "running", "batch_id": batch_id,
+                            "batch_num_images": job.batch_num_images})
+                    self._running = batch
+                try:
+                    self._run(batch)
+                except Exception as err:  # noqa: BLE001 - a failed batch must not stop it
+                    log.exception("batch %s failed", batch_id)
+                    why = f"{type(err).__name__}: {err}"
+                    with self._lock:
+                        for job in batch:
+                            if not job.finished:
+                                self._finish(job, JobStatus.FAILED, why)
+                finally:
+                    with self._lock:
+                        self._running = []
+                        self._evict_finished()
 
     def _run(self, batch: list[Job]) -> None:
         settings, pipe = self.settings, self.pipe

@@ -14,8 +14,8 @@ What is OpenAI's and what is pictor's:
 - `prompt`, `n`, `size`, `response_format`, `model`, `user`, `output_format` are OpenAI's
   fields. `size` must be the served model's only size ("64x64" for the shipped model) or
   "auto"; `response_format` must be "b64_json" (the default here): "url" would need the server
-  to keep the image for a later GET, and this endpoint keeps nothing. `model`, when given, must
-  name the served model (GET /v1/models); `user` is accepted and ignored.
+  to keep the image for a later GET, and this endpoint keeps nothing. `model` chooses among the
+  served models (GET /v1/models; none: the first); `user` is accepted and ignored.
 - `seed`, `steps`, `guidance`, `sampler`, `negative_prompt`, `layout` are pictor's (the async
   API's fields, same meaning and limits); OpenAI clients send them in `extra_body`. With a seed
   the answer is deterministic: image i uses seed + i, so any replica gives the same pixels.
@@ -30,7 +30,7 @@ its jobs in one process's memory).
 
 Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 for a bad
 field (including values beyond the server's limits, which the async API reports as 422), 401
-without the token, 404 for another model, 413 for a large body, 429 + Retry-After when the
+without the token, 404 for a model not served, 413 for a large body, 429 + Retry-After when the
 queue is full, 503 + Retry-After while the model loads.
 """
 
@@ -59,6 +59,7 @@ from pictor.pipeline import (
     DEFAULT_SAMPLER,
 )
 from pictor.serving.jobs import JobQueue, JobStatus, NotCancellable, QueueFull
+from pictor.serving.models import UnknownModel
 from pictor.serving.readiness import RETRY_AFTER_LOADING_SECONDS, ModelNotLoaded
 from pictor.serving.routes import checked_request
 from pictor.serving.schemas import GenerationIn
@@ -78,8 +79,8 @@ class ImagesGenerationIn(BaseModel):
 
     # ---- OpenAI's fields
     prompt: str = Field(description="the text prompt")
-    model: str | None = Field(None, description="the served model's name (GET /v1/models); "
-                                                "none: the served model")
+    model: str | None = Field(None, description="a served model's name (GET /v1/models); "
+                                                "none: the first listed")
     n: int = Field(1, description="number of images; image i uses seed + i")
     size: str | None = Field(None, description='"WxH": the served model\'s size, or "auto"')
     response_format: Literal["b64_json", "url"] | None = Field(
@@ -125,7 +126,8 @@ class OpenAIError(Exception):
 
 
 def check_openai_fields(body: ImagesGenerationIn, model_name: str, image_size: int) -> None:
-    """OpenAIError for the fields pictor cannot honour (size, response_format, model)."""
+    """OpenAIError for the fields pictor cannot honour (size, response_format) with the
+    model `model_name` that `body.model` chose."""
     size = f"{image_size}x{image_size}"
     if body.response_format == "url":
         raise OpenAIError(400, "response_format 'url' is not supported: this endpoint is "
@@ -153,8 +155,12 @@ def pictor_body(body: ImagesGenerationIn) -> GenerationIn:
                         429: {"description": "queue full; see Retry-After"},
                         503: {"description": "the model is loading; see Retry-After"}})
 async def create_image(body: ImagesGenerationIn, request: Request) -> Any:
-    pipe, jobs = request.app.state.served.loaded()
-    check_openai_fields(body, pipe.model_name, pipe.image_size)
+    try:
+        served = request.app.state.models.get(body.model)
+    except UnknownModel as err:
+        raise OpenAIError(404, str(err), param="model", code="model_not_found") from err
+    pipe, jobs = served.loaded()
+    check_openai_fields(body, served.name, pipe.image_size)
     gen, problems = checked_request(pictor_body(body), request.app.state.settings, pipe)
     if problems:
         raise OpenAIError(400, "; ".join(why for _, why in problems), param=problems[0][0],

@@ -29,6 +29,7 @@ from enum import Enum
 
 from pictor.pipeline import DEFAULT_SAMPLER, Pipeline
 from pictor.serving.batching import GenerationRequest, generate_batch
+from pictor.serving.fair_lock import FairLock
 from pictor.serving.jobs import JobQueue
 from pictor.serving.settings import ServeSettings
 
@@ -69,10 +70,15 @@ class ServedModel:
     thread by start(). `pipe` and `jobs` are None until the model has loaded."""
 
     def __init__(self, settings: ServeSettings, pipe: Pipeline | None = None,
-                 loader: Callable[[], Pipeline] | None = None) -> None:
+                 loader: Callable[[], Pipeline] | None = None, *, name: str | None = None,
+                 run_lock: FairLock | None = None) -> None:
         if (pipe is None) == (loader is None):
             raise ValueError("pass exactly one of pipe (loaded) and loader (loads it)")
         self.settings, self.loader = settings, loader
+        # the name requests choose it by (None: the pipeline's model_name, once loaded)
+        self._name = name
+        # generation (warm-up, the worker's batches) holds it: shared by a server's models
+        self.run_lock = run_lock if run_lock is not None else FairLock()
         self.pipe: Pipeline | None = None
         self.jobs: JobQueue | None = None
         self._state, self._error = ModelState.LOADING, None
@@ -84,7 +90,7 @@ class ServedModel:
             self._attach(pipe)
 
     def _attach(self, pipe: Pipeline) -> None:
-        jobs = JobQueue(pipe, self.settings)
+        jobs = JobQueue(pipe, self.settings, self.run_lock)
         with self._lock:
             self.pipe, self.jobs = pipe, jobs
 
@@ -114,11 +120,12 @@ class ServedModel:
                 pipe = self.loader()
                 self._attach(pipe)
             self._set(ModelState.WARMING)
-            started = time.perf_counter()
-            generate_batch(pipe, [WARMUP_REQUEST], exact=self.settings.exact_batching)
-            self._warmup_seconds = time.perf_counter() - started
+            with self.run_lock:
+                started = time.perf_counter()
+                generate_batch(pipe, [WARMUP_REQUEST], exact=self.settings.exact_batching)
+                self._warmup_seconds = time.perf_counter() - started
         except Exception as err:  # noqa: BLE001 - reported by /readyz and /healthz, and logged
-            log.exception("the model did not load or warm up")
+            log.exception("the model %s did not load or warm up", self.name or "")
             self._set(ModelState.FAILED, f"{type(err).__name__}: {err}")
             return
         with self._lock:
@@ -129,6 +136,13 @@ class ServedModel:
             self._state = ModelState.READY
 
     # ------------------------------------------------------------------ called by routes
+    @property
+    def name(self) -> str | None:
+        if self._name is not None:
+            return self._name
+        pipe = self.pipe
+        return pipe.model_name if pipe is not None else None
+
     def readiness(self) -> Readiness:
         with self._lock:
             return Readiness(self._state, self._warmup_seconds)

@@ -1,14 +1,16 @@
 """The REST routes: thin wrappers over the JobQueue (pictor.serving.jobs).
 
-    POST   /v1/generations             202 {id, ...}; 422 beyond the limits; 429 + Retry-After
+    POST   /v1/generations             202 {id, ...}; 422 beyond the limits; 404 for a model
+                                       not served; 429 + Retry-After
     GET    /v1/generations/{id}        status, progress, per-image seeds, image URLs
     GET    /v1/generations/{id}/events server-sent events: status, progress, preview, done
     DELETE /v1/generations/{id}        cancel (queued: now; running: between two steps)
     GET    /v1/images/{name}           the PNG, provenance record inside
-    GET    /v1/models                  the served model, its samplers, defaults and limits
+    GET    /v1/models                  the served models (the first is the default), their
+                                       samplers, defaults, limits and state
     GET    /healthz                    liveness (no token needed)
-    GET    /readyz                     readiness: 200 once the model is loaded and warmed, else
-                                       503 (no token needed; pictor.serving.readiness)
+    GET    /readyz                     readiness: 200 once every model is loaded and warmed,
+                                       else 503 (no token needed; pictor.serving.readiness)
 
 Routes that need the model answer 503 + Retry-After while it loads (ModelNotLoaded, turned into
 a response by the app's exception handler). The stateless OpenAI-compatible route is in
@@ -31,6 +33,7 @@ from pictor.prompts import prompt_problem
 from pictor.samplers import SAMPLERS
 from pictor.serving.batching import GenerationRequest, check_request
 from pictor.serving.jobs import Job, JobQueue, JobStatus, NotCancellable, QueueFull
+from pictor.serving.models import ServedModels, UnknownModel
 from pictor.serving.readiness import ModelState, ServedModel
 from pictor.serving.schemas import (
     GenerationAccepted,
@@ -49,23 +52,23 @@ KEEPALIVE_SECONDS = 15.0  # an SSE comment this often keeps proxies from closing
 router = APIRouter()
 
 
-def _served(request: Request) -> ServedModel:
-    return request.app.state.served
+def _models(request: Request) -> ServedModels:
+    return request.app.state.models
 
 
-def _pipe(request: Request) -> Pipeline:
-    return _served(request).loaded()[0]
+def _served(request: Request, name: str | None) -> ServedModel:
+    """The model a request names (None: the default); 404 when it is not served."""
+    try:
+        return _models(request).get(name)
+    except UnknownModel as err:
+        raise HTTPException(404, str(err)) from err
 
 
-def _jobs(request: Request) -> JobQueue:
-    return _served(request).loaded()[1]
-
-
-def _job_or_404(request: Request, job_id: str) -> Job:
-    job = _jobs(request).get(job_id)
-    if job is None:
+def _job_or_404(request: Request, job_id: str) -> tuple[ServedModel, JobQueue, Job]:
+    found = _models(request).find_job(job_id)
+    if found is None:
         raise HTTPException(404, f"no generation {job_id!r} (unknown, or evicted when old)")
-    return job
+    return found
 
 
 def limit_problems(body: GenerationIn, settings: ServeSettings, num_timesteps: int
@@ -110,7 +113,7 @@ def checked_request(body: GenerationIn, settings: ServeSettings, pipe: Pipeline
     return gen, problems
 
 
-def job_json(request: Request, job: Job) -> dict:
+def job_json(model: ServedModel, jobs: JobQueue, job: Job) -> dict:
     r = job.request
     return GenerationOut(
         id=job.id, status=job.status.value, progress=round(job.progress, 4), step=job.step,
@@ -119,8 +122,8 @@ def job_json(request: Request, job: Job) -> dict:
                  "record": im.record} for im in job.images],
         request={"prompt": r.prompt, "negative_prompt": r.negative_prompt, "n": r.num_images,
                  "seed": r.seed, "steps": r.num_steps, "guidance": r.guidance_scale,
-                 "sampler": r.sampler, "layout": r.layout},
-        queue_position=_jobs(request).queue_position(job),
+                 "sampler": r.sampler, "layout": r.layout, "model": model.name},
+        queue_position=jobs.queue_position(job),
         cancel_requested=job.cancel_requested, batch_id=job.batch_id,
         batch_num_images=job.batch_num_images, created_at=job.created_at,
         started_at=job.started_at, finished_at=job.finished_at, error=job.error,
@@ -131,11 +134,12 @@ def job_json(request: Request, job: Job) -> dict:
              responses={422: {"description": "beyond the limits, with the reasons"},
                         429: {"description": "queue full; see Retry-After"}})
 def create_generation(body: GenerationIn, request: Request):
-    gen, problems = checked_request(body, request.app.state.settings, _pipe(request))
+    pipe, jobs = _served(request, body.model).loaded()
+    gen, problems = checked_request(body, request.app.state.settings, pipe)
     if problems:
         raise HTTPException(422, [why for _, why in problems])
     try:
-        job = _jobs(request).submit(gen)
+        job = jobs.submit(gen)
     except QueueFull as full:
         return JSONResponse({"detail": str(full)}, status_code=429,
                             headers={"Retry-After": str(full.retry_after_seconds)})
@@ -145,21 +149,22 @@ def create_generation(body: GenerationIn, request: Request):
 
 @router.get("/v1/generations/{job_id}", response_model=GenerationOut)
 def get_generation(job_id: str, request: Request):
-    return job_json(request, _job_or_404(request, job_id))
+    return job_json(*_job_or_404(request, job_id))
 
 
 @router.delete("/v1/generations/{job_id}", response_model=GenerationOut,
                responses={409: {"description": "already finished"}})
 def cancel_generation(job_id: str, request: Request):
+    model, jobs, _ = _job_or_404(request, job_id)
     try:
-        job = _jobs(request).cancel(job_id)
+        job = jobs.cancel(job_id)
     except NotCancellable as err:
         raise HTTPException(409, str(err)) from err
     if job is None:
         raise HTTPException(404, f"no generation {job_id!r}")
     # 200 when already cancelled (it was queued), 202 when it stops at its next step
     code = 200 if job.status is JobStatus.CANCELLED else 202
-    return JSONResponse(job_json(request, job), status_code=code)
+    return JSONResponse(job_json(model, jobs, job), status_code=code)
 
 
 def _sse(event: str, data: dict) -> str:
@@ -170,13 +175,12 @@ def _sse(event: str, data: dict) -> str:
             responses={200: {"content": {"text/event-stream": {}},
                               "description": "events: status, progress, preview, done"}})
 async def generation_events(job_id: str, request: Request):
-    job = _job_or_404(request, job_id)
-    jobs = _jobs(request)
+    model, jobs, job = _job_or_404(request, job_id)
     queue = jobs.subscribe(job, asyncio.get_running_loop())
 
     async def stream() -> AsyncIterator[str]:
         try:
-            yield _sse("status", job_json(request, job))  # the state now, then what follows
+            yield _sse("status", job_json(model, jobs, job))  # the state now, then what follows
             if job.finished:
                 yield _sse("done", {"id": job.id, "status": job.status.value,
                                     "error": job.error})
@@ -202,7 +206,7 @@ async def generation_events(job_id: str, request: Request):
 @router.get("/v1/images/{name}", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
 def get_image(name: str, request: Request):
-    image = _jobs(request).image(name)
+    image = _models(request).find_image(name)
     if image is None:
         raise HTTPException(404, f"no image {name!r}")
     return Response(image.png, media_type="image/png",
@@ -212,43 +216,49 @@ def get_image(name: str, request: Request):
 
 @router.get("/v1/models", response_model=ModelsOut)
 def list_models(request: Request):
+    """Every served model, the default first; 503 until all have loaded (then each says
+    whether it is still warming up or ready)."""
     s: ServeSettings = request.app.state.settings
-    pipe = _pipe(request)
-    model = ModelOut(
-        name=pipe.model_name, sha256=pipe.model_sha256, image_size=pipe.image_size,
-        samplers=sorted(SAMPLERS),
-        defaults={"steps": DEFAULT_NUM_STEPS, "guidance": DEFAULT_GUIDANCE_SCALE,
-                  "sampler": DEFAULT_SAMPLER, "n": 1},
-        limits={"n": s.max_num_images, "steps": min(s.max_num_steps,
-                                                    pipe.schedule.num_timesteps),
-                "prompt_chars": s.max_prompt_chars, "guidance": s.max_guidance_scale,
-                "body_bytes": s.max_body_bytes, "queued_jobs": s.max_queued_jobs,
-                "batch_images": s.max_batch_images})
-    return {"models": [model]}
+    models = []
+    for served in _models(request):
+        pipe, _ = served.loaded()
+        models.append(ModelOut(
+            name=served.name, sha256=pipe.model_sha256, image_size=pipe.image_size,
+            state=served.readiness().state.value, samplers=sorted(SAMPLERS),
+            defaults={"steps": DEFAULT_NUM_STEPS, "guidance": DEFAULT_GUIDANCE_SCALE,
+                      "sampler": DEFAULT_SAMPLER, "n": 1},
+            limits={"n": s.max_num_images, "steps": min(s.max_num_steps,
+                                                        pipe.schedule.num_timesteps),
+                    "prompt_chars": s.max_prompt_chars, "guidance": s.max_guidance_scale,
+                    "body_bytes": s.max_body_bytes, "queued_jobs": s.max_queued_jobs,
+                    "batch_images": s.max_batch_images}))
+    return {"models": models}
 
 
 @router.get("/healthz", response_model=HealthOut,
-            responses={503: {"description": "the model failed to load, or the worker died"}})
+            responses={503: {"description": "a model failed to load, or a worker died"}})
 def healthz(request: Request):
-    """Liveness: 200 while the process can still become or stay useful (also while the model
-    loads: that is /readyz's business); 503 when it cannot (a restart is the remedy)."""
-    served = _served(request)
-    state = served.readiness().state
+    """Liveness: 200 while the process can still become or stay useful (also while the models
+    load: that is /readyz's business); 503 when it cannot (a restart is the remedy)."""
+    models = _models(request)
+    state = models.state()
     if state is ModelState.FAILED:
         return JSONResponse({"status": "failed", "queue": {}}, status_code=503)
-    if state is not ModelState.READY or served.jobs is None:
+    if state is not ModelState.READY:
         return {"status": "starting", "queue": {}}
-    stats = served.jobs.stats()
-    # open without a token: says whether the worker lives and how busy it is, nothing more
-    body = {"status": "ok" if stats["worker_alive"] else "degraded",
-            "queue": {k: stats[k] for k in ("queued_jobs", "running_jobs")}}
-    return JSONResponse(body, status_code=200 if stats["worker_alive"] else 503)
+    stats = [served.jobs.stats() for served in models if served.jobs is not None]
+    alive = all(st["worker_alive"] for st in stats)
+    # open without a token: says whether the workers live and how busy they are, nothing more
+    body = {"status": "ok" if alive else "degraded",
+            "queue": {k: sum(st[k] for st in stats) for k in ("queued_jobs", "running_jobs")}}
+    return JSONResponse(body, status_code=200 if alive else 503)
 
 
 @router.get("/readyz", response_model=ReadyOut,
             responses={503: {"description": "loading, warming up, or failed"}})
 def readyz(request: Request):
-    """Readiness: 200 once the model is loaded and one warm-up generation has run."""
-    ready = _served(request).readiness()
-    body = ReadyOut(status=ready.state.value, warmup_seconds=ready.warmup_seconds).model_dump()
-    return JSONResponse(body, status_code=200 if ready.state is ModelState.READY else 503)
+    """Readiness: 200 once every model is loaded and has run one warm-up generation."""
+    models = _models(request)
+    state = models.state()
+    body = ReadyOut(status=state.value, warmup_seconds=models.warmup_seconds()).model_dump()
+    return JSONResponse(body, status_code=200 if state is ModelState.READY else 503)

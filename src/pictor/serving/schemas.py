@@ -21,6 +21,8 @@ class GenerationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(description='the text prompt; "" for unconditional samples')
+    model: str | None = Field(None, description="the served model to use, by name (GET "
+                                                "/v1/models); none: the first listed")
     negative_prompt: str = Field("", description="what to steer away from")
     n: int = Field(1, description="number of images; image i uses seed + i")
     seed: int | None = Field(None, description="seed of the first image; none: the server "
@@ -70,9 +72,10 @@ class GenerationOut(BaseModel):
 
 
 class ModelOut(BaseModel):
-    name: str
+    name: str  # what requests choose it by (`model`); also the images' provenance model_name
     sha256: str
     image_size: int
+    state: str  # warming | ready (see GET /readyz)
     samplers: list[str]
     defaults: dict[str, Any]
     limits: dict[str, Any]
@@ -93,4 +96,5 @@ class ReadyOut(BaseModel):
     # loading | warming | failed: 503; ready: 200. Open without a token, so it says no more:
     # why loading failed is in the server's log and in the 503 of the routes behind the token.
     status: str
-    warmup_seconds: float | None  # how long the warm-up generation took
+    # how long the warm-up generation took (several models: their sum, once all have run)
+    warmup_seconds: float | None

@@ -66,7 +66,8 @@ def read_token_file(path: str | Path) -> str:
 @dataclass
 class ServeSettings:
     # Model folder to serve (a training run's final/ folder); None: $PICTOR_MODEL, else
-    # models/shapes-v11 (see pictor.cli.generate.default_model_dir).
+    # models/shapes-v11 (see pictor.cli.generate.default_model_dir). Several models: the first
+    # (create_app's `models` holds them all).
     model_dir: str | None = None
     # Address to bind. Loopback by default; any other address requires `token`.
     host: str = "127.0.0.1"

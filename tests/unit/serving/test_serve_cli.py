@@ -4,6 +4,7 @@ checked before the server starts (exit 2 with the reason)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -52,3 +53,16 @@ def test_device_is_checked_before_serving(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert run(["--device", "cuda", *missing_model]) == 2
         assert "no CUDA device is visible" in capsys.readouterr().err
+
+
+def test_two_model_folders_of_one_name_are_refused(tmp_path, capsys):
+    """Each served model is chosen by its folder's name: two folders of one name (here the
+    shipped model and a link to it elsewhere) exit 2 before anything loads or listens."""
+    shipped = Path(__file__).resolve().parents[3] / "models" / "shapes-v11"
+    (tmp_path / "copy").mkdir()
+    link = tmp_path / "copy" / "shapes-v11"
+    link.symlink_to(shipped, target_is_directory=True)
+    assert run(["--model", str(shipped), "--model", str(link)]) == 2
+    assert "two models would be served as 'shapes-v11'" in capsys.readouterr().err
+    assert run(["--model", str(shipped), "--model", str(tmp_path / "no-model")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -33,24 +33,16 @@ async function errorText(res) {
 
 // Defaults fill the form once; a later reload (a new token) keeps what the user has set.
 let defaultsApplied = false;
+// GET /v1/models: every served model, the first the server's default
+let models = [];
 
-async function loadModels() {
-  const res = await api("/v1/models");
-  if (res.status === 401) {
-    $("token-box").open = true;
-    $("model-info").textContent = "this server needs an access token";
-    say("Enter the access token to use this server.", true);
-    return;
-  }
-  if (res.status === 503) {  // the server has started but its model is still loading
-    $("model-info").textContent = "the model is loading…";
-    say("The model is loading; this page retries by itself.");
-    const seconds = Number(res.headers.get("Retry-After")) || 2;
-    setTimeout(loadModels, 1000 * Math.min(seconds, 10));
-    return;
-  }
-  if (!res.ok) { say("could not load the model list: " + (await errorText(res)), true); return; }
-  const model = (await res.json()).models[0];
+function chosenModel() {
+  return models.find((m) => m.name === $("model").value) || models[0];
+}
+
+// the header and the form's choices and limits follow the chosen model
+function showModel() {
+  const model = chosenModel();
   $("model-info").textContent =
     `${model.name} · ${model.image_size}×${model.image_size} · sha256 ${model.sha256.slice(0, 12)}…`;
   const select = $("sampler");
@@ -70,6 +62,35 @@ async function loadModels() {
     defaultsApplied = true;
   }
   $("prompt").maxLength = $("negative_prompt").maxLength = model.limits.prompt_chars;
+}
+
+async function loadModels() {
+  const res = await api("/v1/models");
+  if (res.status === 401) {
+    $("token-box").open = true;
+    $("model-info").textContent = "this server needs an access token";
+    say("Enter the access token to use this server.", true);
+    return;
+  }
+  if (res.status === 503) {  // the server has started but its model is still loading
+    $("model-info").textContent = "the model is loading…";
+    say("The model is loading; this page retries by itself.");
+    const seconds = Number(res.headers.get("Retry-After")) || 2;
+    setTimeout(loadModels, 1000 * Math.min(seconds, 10));
+    return;
+  }
+  if (!res.ok) { say("could not load the model list: " + (await errorText(res)), true); return; }
+  models = (await res.json()).models;
+  const picker = $("model");
+  const kept = picker.value;  // a reload (a new token) keeps the user's choice
+  picker.replaceChildren();
+  for (const model of models) {
+    const opt = document.createElement("option");
+    opt.value = opt.textContent = model.name;
+    if (model.name === kept) opt.selected = true;
+    picker.appendChild(opt);
+  }
+  showModel();
   say("");
 }
 
@@ -128,7 +149,8 @@ async function showImage(container, image) {
   figure.dataset.record = JSON.stringify(image.record);
   const img = document.createElement("img");
   img.src = blobUrl;
-  img.alt = `AI-generated image: ${image.record.prompt} (seed ${image.seed})`;
+  img.alt = `AI-generated image by ${image.record.model_name}: ${image.record.prompt} ` +
+    `(seed ${image.seed})`;
   const caption = document.createElement("figcaption");
   const badge = document.createElement("span");
   badge.className = "badge";
@@ -161,10 +183,12 @@ function showPreviews(container, urls) {
   }));
 }
 
-async function runJob(jobId, prompt) {
+async function runJob(jobId, prompt, model) {
   const card = $("job-template").content.firstElementChild.cloneNode(true);
   card.dataset.jobId = jobId;
+  card.dataset.model = model;
   card.querySelector(".job-prompt").textContent = prompt || "(unconditional)";
+  card.querySelector(".job-model").textContent = "by " + model;
   const status = card.querySelector(".job-status");
   const bar = card.querySelector(".job-progress");
   const images = card.querySelector(".job-images");
@@ -226,6 +250,7 @@ async function runJob(jobId, prompt) {
 async function submit(event) {
   event.preventDefault();
   const body = {
+    model: chosenModel().name,
     prompt: $("prompt").value,
     negative_prompt: $("negative_prompt").value,
     n: parseInt($("n").value, 10),
@@ -251,7 +276,7 @@ async function submit(event) {
     if (!res.ok) { say(await errorText(res), true); return; }
     const accepted = await res.json();
     say("");
-    runJob(accepted.id, body.prompt);
+    runJob(accepted.id, body.prompt, body.model);
   } catch (e) {
     say("request failed: " + e, true);
   } finally {
@@ -266,5 +291,6 @@ document.addEventListener("DOMContentLoaded", () => {
     loadModels();
   });
   $("generate-form").addEventListener("submit", submit);
+  $("model").addEventListener("change", showModel);
   loadModels();
 });
