@@ -38,8 +38,8 @@ from pictor.pipeline import (
     DEFAULT_COMPUTE_DTYPE,
     GeneratedImage,
     _digest,
-    _model_name,
     load_pipeline,
+    model_name_of,
     pil_to_tensor,
     tensor_to_pil,
 )
@@ -76,7 +76,7 @@ class FamilyPipeline:
         self.family = family_of(config)
         self.network = network
         self.model_sha256 = sha256
-        self.model_name = _model_name(model_dir)
+        self.model_name = model_name_of(model_dir)
         self.device = device
         self.image_size = int(config.model.image_size)
         self._encoder: Any = None
