@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from pictor.cli.main import main
 from pictor.config import load_config
-from pictor.evaluation.clip_eval import load_clip
+from pictor.evaluation.clip_eval import GRID_LABEL_HEIGHT, load_clip
 from pictor.evaluation.clip_metrics import distinct, r_precision
 from pictor.evaluation.clip_training import ClipTrainConfig, load_images_uint8
 from pictor.networks.clip import ClipModel
@@ -107,8 +108,21 @@ def test_eval_clip_gives_copies_the_ceiling_and_blanks_less(trained, tmp_path, c
     assert overall["real"]["hard_negative_all"] is None  # shapes records have no emoji fields
 
     assert main(["eval-clip", "--clip", str(clip_dir), "--data", str(heldout), "--generated",
-                 str(blanks), "-o", str(tmp_path / "blank-report")]) == 0
+                 str(blanks), "-o", str(tmp_path / "blank-report"), "--grid", "2"]) == 0
     assert "| CLIPScore |" in capsys.readouterr().out
+    # the grid: per group (split: all of them "all" here) 2 captions, each real image at 2x
+    # beside its generated (blank) image, pixel for pixel
+    cells = json.loads((tmp_path / "blank-report" / "grid.json").read_text())
+    grid = np.asarray(Image.open(tmp_path / "blank-report" / "grid.png").convert("RGB"))
+    assert len(cells) == 2 and len({c["caption"] for c in cells}) == 2
+    cell_w, cell_h = 2 * 128 + 4 + 8, 128 + GRID_LABEL_HEIGHT + 8
+    by_caption = {r["text"]: r for r in records}
+    for cell in cells:
+        x, y = cell["column"] * cell_w, 8 + cell["row"] * cell_h
+        real = np.asarray(Image.open(heldout / by_caption[cell["caption"]]["file_name"])
+                          .convert("RGB"))
+        assert np.array_equal(grid[y:y + 128, x:x + 128], real.repeat(2, 0).repeat(2, 1))
+        assert (grid[y:y + 128, x + 132:x + 260] == 128).all()
     blank = json.loads((tmp_path / "blank-report" / "report.json").read_text())["groups"]["all"]
     assert blank["generated"]["r_precision"]["value"] < blank["real"]["r_precision"]["value"]
     dist = blank["distribution"]
@@ -148,6 +162,8 @@ def test_bad_input_exits_2_with_the_reason(trained, tmp_path, capsys):
           str(nothing)], "nor PNGs of `pictor generate`"),
         (["eval-clip", "--clip", str(clip_dir), "--data", str(heldout), "--generated",
           str(plain)], "no pictor provenance record"),
+        (["eval-clip", "--clip", str(clip_dir), "--data", str(heldout), "--grid", "2"],
+         "--grid needs --generated and --output-dir"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("-o", "--output-dir", type=Path, default=None,
                    help="write report.json and report.md here")
+    p.add_argument("--grid", type=int, default=0, metavar="N",
+                   help="also write grid.png to --output-dir: N captions per group, the real "
+                        "image beside the generated one (needs --generated)")
     p.set_defaults(func=run_eval_clip)
 
 
@@ -89,6 +92,8 @@ def run_eval_clip(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.grid and (args.generated is None or args.output_dir is None):
+        return _error("--grid needs --generated and --output-dir")
     try:
         report = evaluate_clip_sets(load_clip(args.clip), args.data, generated=args.generated,
                                     train=args.train, group_by=args.group_by, seed=args.seed)
@@ -100,4 +105,12 @@ def run_eval_clip(args: argparse.Namespace) -> int:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         (args.output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.output_dir / "report.md").write_text(markdown)
+    if args.grid:
+        from pictor.evaluation.clip_eval import comparison_grid
+
+        grid, cells = comparison_grid(args.data, args.generated, per_group=args.grid,
+                                      group_by=args.group_by, seed=args.seed)
+        grid.save(args.output_dir / "grid.png")
+        (args.output_dir / "grid.json").write_text(json.dumps(cells, indent=2) + "\n")
+        print(f"wrote {args.output_dir / 'grid.png'}: {len(cells)} captions, real | generated")
     return 0

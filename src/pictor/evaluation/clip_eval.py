@@ -309,3 +309,56 @@ def _rank(figure: dict[str, Any] | None) -> str:
     if figure is None:
         return "n/a"
     return f"{figure['value']:.3f} ({figure['chance']:.3f}, n={figure['num_images']})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Real beside generated, for a README
+# ---------------------------------------------------------------------------------------------
+GRID_LABEL_HEIGHT = 24
+
+
+def comparison_grid(real: str | Path, generated: str | Path, *, per_group: int = 4,
+                    group_by: str = "split", image_size: int = 64, scale: int = 2,
+                    seed: int = 0) -> tuple[Image.Image, list[dict[str, Any]]]:
+    """A grid of held-out captions: per group of the real set, `per_group` captions drawn with
+    `seed` among those that have a generated image; each cell is the real image (left) beside
+    the first generated image of its caption (right), at `scale` times `image_size`, with the
+    caption under it. Returns the grid and its cells (caption, group, row, column), in order."""
+    from PIL import ImageDraw
+
+    real_set = _Set(real, image_size, "real")
+    gen_set = _Set(generated, image_size, "generated")
+    first_generated: dict[str, int] = {}
+    for j, c in enumerate(gen_set.captions):
+        first_generated.setdefault(c, j)
+    by_group: dict[str, list[int]] = defaultdict(list)
+    seen: set[str] = set()
+    for i, (c, e) in enumerate(zip(real_set.captions, real_set.extras, strict=True)):
+        if c in first_generated and c not in seen:
+            seen.add(c)
+            by_group[str(e.get(group_by, "all"))].append(i)
+    if not by_group:
+        raise ValueError(f"no caption of {generated} is a caption of {real}")
+    rng = np.random.default_rng(seed)
+    groups = sorted(by_group)
+    picks = {g: sorted(rng.choice(by_group[g], size=min(per_group, len(by_group[g])),
+                                  replace=False).tolist()) for g in groups}
+    side = image_size * scale
+    cell_w, cell_h = 2 * side + 4, side + GRID_LABEL_HEIGHT
+    cols = max(len(p) for p in picks.values())
+    grid = Image.new("RGB", (cols * (cell_w + 8), len(groups) * (cell_h + 8) + 8), "white")
+    draw = ImageDraw.Draw(grid)
+    cells = []
+    for r, g in enumerate(groups):
+        for c, i in enumerate(picks[g]):
+            caption = real_set.captions[i]
+            x, y = c * (cell_w + 8), 8 + r * (cell_h + 8)
+            for k, image in enumerate((real_set.images[i],
+                                       gen_set.images[first_generated[caption]])):
+                tile = Image.fromarray(image.permute(1, 2, 0).numpy())
+                grid.paste(tile.resize((side, side), Image.NEAREST), (x + k * (side + 4), y))
+            text = caption if len(caption) <= 40 else caption[:39] + "…"
+            draw.text((x, y + side + 2), text, fill="black")
+            draw.text((x, y + side + 12), f"{g}: real | generated", fill="gray")
+            cells.append({"caption": caption, "group": g, "row": r, "column": c})
+    return grid, cells
