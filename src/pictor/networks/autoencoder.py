@@ -26,13 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from pictor.networks.layers import (
+    NORM_KINDS,
     UPSAMPLE_MODES,
     Conv2d,
     Downsample,
+    NormKind,
     ResBlock,
     Upsample,
     UpsampleMode,
-    group_norm,
+    norm_layer,
 )
 
 
@@ -49,6 +51,11 @@ class AutoencoderConfig:
     blocks_per_level: int = 1
     # Upper bound on GroupNorm groups.
     max_norm_groups: int = 32
+    # The normalisation of every block: "group" (GroupNorm, LDM's; statistics over all pixels of
+    # a group) or "channel" (each pixel's channels alone, pictor.networks.layers.ChannelNorm).
+    # Under GroupNorm a decoder can learn a bright spot that steers the statistics, which then
+    # shows in every image (StyleGAN2's "droplet"; the emoji autoencoder drew one in a corner).
+    norm: NormKind = "group"
     # How the decoder doubles the resolution (pictor.networks.layers.Upsample). LDM's "conv"
     # (nearest + 3x3 conv at the high resolution, wide channels) costs ~40% of the decoder's
     # FLOPs; "project" maps to the next level's width with a 1x1 conv at the low resolution first.
@@ -65,6 +72,8 @@ class AutoencoderConfig:
             raise ValueError(f"blocks_per_level must be >= 1, got {self.blocks_per_level}")
         if self.latent_channels < 1 or self.in_channels < 1:
             raise ValueError("in_channels and latent_channels must be >= 1")
+        if self.norm not in NORM_KINDS:
+            raise ValueError(f"norm must be one of {NORM_KINDS}, got {self.norm!r}")
         if self.upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
         if not self.scaling_factor > 0:
@@ -102,13 +111,13 @@ class _Encoder(nn.Module):
         c_prev = ch[0]
         for i, c in enumerate(ch):
             for _ in range(cfg.blocks_per_level):
-                layers.append(ResBlock(c_prev, c, max_groups=g))
+                layers.append(ResBlock(c_prev, c, max_groups=g, norm=cfg.norm))
                 c_prev = c
             if i < len(ch) - 1:
                 layers.append(Downsample(c))
-        layers.append(ResBlock(c_prev, c_prev, max_groups=g))  # mid
+        layers.append(ResBlock(c_prev, c_prev, max_groups=g, norm=cfg.norm))  # mid
         self.body = nn.Sequential(*layers)
-        self.norm_out = group_norm(c_prev, g)
+        self.norm_out = norm_layer(cfg.norm, c_prev, g)
         self.conv_out = Conv2d(c_prev, 2 * cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,18 +130,18 @@ class _Decoder(nn.Module):
         super().__init__()
         ch, g = tuple(reversed(cfg.channels)), cfg.max_norm_groups
         self.conv_in = Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
-        layers: list[nn.Module] = [ResBlock(ch[0], ch[0], max_groups=g)]  # mid
+        layers: list[nn.Module] = [ResBlock(ch[0], ch[0], max_groups=g, norm=cfg.norm)]  # mid
         c_prev = ch[0]
         for i, c in enumerate(ch):
             for _ in range(cfg.blocks_per_level):
-                layers.append(ResBlock(c_prev, c, max_groups=g))
+                layers.append(ResBlock(c_prev, c, max_groups=g, norm=cfg.norm))
                 c_prev = c
             if i < len(ch) - 1:
                 up = Upsample(c, ch[i + 1] if cfg.upsample == "project" else c, mode=cfg.upsample)
                 layers.append(up)
                 c_prev = up.out_channels
         self.body = nn.Sequential(*layers)
-        self.norm_out = group_norm(c_prev, g)
+        self.norm_out = norm_layer(cfg.norm, c_prev, g)
         self.conv_out = Conv2d(c_prev, cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -75,6 +75,36 @@ def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel, with a per-channel scale and shift (the
+    "LayerNorm2d" of ConvNeXt). No statistic spans pixels, so a network cannot steer its
+    normalisation with one strong pixel: the "droplet" a generator makes under per-map
+    normalisation (Karras et al. 2020, StyleGAN2, Sec. 2.1). x: (B, C, H, W)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.layer_norm(x.movedim(1, -1), x.shape[1:2], self.weight, self.bias, self.eps)
+        return h.movedim(-1, 1)
+
+
+NormKind = Literal["group", "channel"]
+NORM_KINDS: tuple[str, ...] = ("group", "channel")
+
+
+def norm_layer(kind: NormKind, channels: int, max_groups: int = 32) -> nn.Module:
+    """GroupNorm ("group") or ChannelNorm ("channel") over `channels`."""
+    if kind == "group":
+        return group_norm(channels, max_groups)
+    if kind == "channel":
+        return ChannelNorm(channels)
+    raise ValueError(f"norm must be one of {NORM_KINDS}, got {kind!r}")
+
+
 def zero_(module: nn.Module) -> nn.Module:
     """Zero a module's parameters in place (ADM's `zero_module`: residual branches start as
     the identity, Dhariwal & Nichol 2021)."""
@@ -222,12 +252,13 @@ class ResBlock(nn.Module):
         max_groups: int = 32,
         dropout: float = 0.0,
         zero_init: bool = False,
+        norm: NormKind = "group",
     ) -> None:
         super().__init__()
-        self.norm1 = group_norm(in_channels, max_groups)
+        self.norm1 = norm_layer(norm, in_channels, max_groups)
         self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = Linear(emb_dim, 2 * out_channels) if emb_dim is not None else None
-        self.norm2 = group_norm(out_channels, max_groups)
+        self.norm2 = norm_layer(norm, out_channels, max_groups)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         if zero_init:
