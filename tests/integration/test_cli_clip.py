@@ -203,3 +203,27 @@ def test_emoji_shards_give_style_and_tone_hard_negatives_per_split(tmp_path, cap
     assert composition  # the small packages hold such a pair
     tone = report["groups"]["heldout_composition"]["real"]["hard_negative_tone"]
     assert tone["num_images"] == len(composition) and tone["chance"] < 1 / 2
+
+
+def test_export_model_stores_a_judge_in_float16(trained, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from pictor.data.loader import open_dataset
+
+    _, heldout, clip_dir, _ = trained
+    out = tmp_path / "judge"
+    assert main(["export-model", str(clip_dir), str(out), "--dtype", "float16"]) == 0
+    assert {"clip.safetensors", "config.yaml", "training_summary.json", "metrics.jsonl"} <= {
+        p.name for p in out.iterdir()}
+    size, size32 = ((d / "clip.safetensors").stat().st_size for d in (out, clip_dir))
+    assert size < 0.55 * size32
+    with safe_open(str(out / "clip.safetensors"), framework="pt") as f:
+        meta32 = safe_open(str(clip_dir / "clip.safetensors"), framework="pt").metadata()
+        assert f.metadata()["train_config"] == meta32["train_config"]
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    # the float16 judge embeds as the float32 one does, to float16's rounding
+    images = load_images_uint8(open_dataset(heldout, 64))[:16]
+    emb16, emb32 = load_clip(out).embed_images(images), load_clip(clip_dir).embed_images(images)
+    assert (emb16 * emb32).sum(1).min() > 0.999
+    assert main(["export-model", str(clip_dir), str(tmp_path / "x"), "--checkpoint", "1"]) == 2
+    assert "no checkpoints" in capsys.readouterr().err

@@ -95,8 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export-model", help="Make a model folder (to ship or serve) from a finished run.",
         description="Copy RUN/final plus the training log, loss curve and last validation grid "
                     "into OUT; optionally store the weights in float16. --checkpoint exports a "
-                    "checkpoint instead (also of a run still training).")
-    p.add_argument("run", type=Path, help="run folder of `pictor train` (holds final/)")
+                    "checkpoint instead (also of a run still training). A `pictor train-clip` "
+                    "folder is copied the same way, its weights in --dtype.")
+    p.add_argument("run", type=Path,
+                   help="run folder of `pictor train` (holds final/), or of `pictor train-clip`")
     p.add_argument("out", type=Path, help="model folder to write, e.g. models/my-model")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="storage dtype of the weights (default float32)")
