@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def emoji_demo(model_dir: Path, judge_dir: Path, output_dir: Path, steps: int) -> None:
+def emoji_demo(model_dir: Path, judge_dir: Path, output_dir: Path,
+               steps: int) -> list[tuple[Path, str, str]] | None:
+    """Generate EMOJI_PROMPTS and print the judge's style per image; [(png, asked vendor, vendor
+    the judge reads)], or None (skipped) when the model or judge folder is missing."""
     from pictor.cli.generate import slug, unique_path
     from pictor.data.emoji import caption
     from pictor.data.emoji_packages import STYLES
@@ -91,10 +94,10 @@ def emoji_demo(model_dir: Path, judge_dir: Path, output_dir: Path, steps: int) -
     missing = [str(p) for p in (model_dir, judge_dir) if not p.is_dir()]
     if missing:
         print(f"\nemoji part skipped: {', '.join(missing)} not found")
-        return
+        return None
     pipe, judge = load_pipeline(model_dir), load_clip(judge_dir)
     print(f"\nmodel: {model_dir} (sha256 {pipe.model_sha256[:12]}...), judge: {judge_dir}")
-    num_right = num_images = 0
+    verdicts = []
     for name, vendor in EMOJI_PROMPTS:
         prompt = caption(name, vendor)
         print(f"\n{prompt!r}")
@@ -107,12 +110,13 @@ def emoji_demo(model_dir: Path, judge_dir: Path, output_dir: Path, steps: int) -
             x = images_to_tensor([g.image], judge.config.image_size)
             image = judge.embed_images(to_uint8(x))
             judged = styles[int((image @ texts.T).argmax())]
-            num_right += judged == vendor
-            num_images += 1
+            verdicts.append((path, vendor, judged))
             print(f"  {path}  judge reads {STYLES[judged].caption_name} style"
                   f" ({'right' if judged == vendor else 'wrong'})")
-    print(f"\nthe judge reads the asked style in {num_right}/{num_images} emoji images; "
+    num_right = sum(asked == judged for _, asked, judged in verdicts)
+    print(f"\nthe judge reads the asked style in {num_right}/{len(verdicts)} emoji images; "
           f"images in {output_dir}/")
+    return verdicts
 
 
 if __name__ == "__main__":

@@ -282,7 +282,9 @@ def report_markdown(report: dict[str, Any]) -> str:
              f"(sha256 {report['judge']['sha256'][:12]}), real `{report['sets']['real']}`, "
              f"generated `{report['sets']['generated']}`, training `{report['sets']['train']}`"]
     for group, entry in report["groups"].items():
-        lines += ["", f"## {group}", "", "| figure | real held-out (ceiling) | generated |",
+        lines += ["", f"## {group}", "", "Shares with their 95% Wilson interval in brackets and "
+                  "chance in parentheses.", "",
+                  "| figure | real held-out (ceiling) | generated |",
                   "|---|---|---|"]
         rows = [("images", lambda f: f["num_images"]),
                 ("CLIPScore", lambda f: f"{f['clip_score']:.2f}"),
@@ -308,7 +310,9 @@ def report_markdown(report: dict[str, Any]) -> str:
 def _rank(figure: dict[str, Any] | None) -> str:
     if figure is None:
         return "n/a"
-    return f"{figure['value']:.3f} ({figure['chance']:.3f}, n={figure['num_images']})"
+    low, high = figure["interval_95"]
+    return (f"{figure['value']:.3f} [{low:.2f}, {high:.2f}] ({figure['chance']:.3f}, "
+            f"n={figure['num_images']})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,8 +46,14 @@ class RankAccuracy:
     num_images: int  # images it is measured on
     chance: float  # the expected share of a judge that ranks at random
 
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def interval(self) -> tuple[float, float]:
+        """95% Wilson score interval of the share (the benchmark's pass rates use the same)."""
+        from pictor.evaluation.benchmark import wilson_interval
+
+        return wilson_interval(round(self.value * self.num_images), self.num_images)
+
+    def to_dict(self) -> dict[str, float | int | list[float]]:
+        return asdict(self) | {"interval_95": list(self.interval())}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,13 @@ def test_r_precision_counts_planted_winners_and_losers():
     result = r_precision(images, index, captions, seed=3)
     assert result.value == 0.5 and result.num_images == 200
     assert result.chance == pytest.approx(1 / 100)
+    # its 95% Wilson interval, written out: p = 0.5, n = 200, z = 1.96
+    z, n = 1.959964, 200
+    centre, half = (0.5 + z * z / (2 * n)), z * (0.25 / n + z * z / (4 * n * n)) ** 0.5
+    low, high = result.to_dict()["interval_95"]
+    assert low == pytest.approx((centre - half) / (1 + z * z / n))
+    assert high == pytest.approx((centre + half) / (1 + z * z / n))
+    assert 0.43 < low < 0.5 < high < 0.57
     # a small set: the candidates are all the other captions, chance 1 / U
     small = r_precision(captions[:5], np.arange(5), captions[:5])
     assert small.value == 1.0 and small.chance == pytest.approx(1 / 5)
