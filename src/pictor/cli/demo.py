@@ -28,8 +28,10 @@ DEMO_PROMPTS = (
 )
 IMAGES_PER_PROMPT = 4
 
-EMOJI_MODEL = Path("models/emoji-v1")
-EMOJI_JUDGE = Path("models/emoji-clip")
+# beside the default shapes model: <repo>/models/ (pictor.cli.generate.default_model_dir)
+MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
+EMOJI_MODEL = MODELS_DIR / "emoji-v1"
+EMOJI_JUDGE = MODELS_DIR / "emoji-clip"
 # (name, style): chosen before emoji-v1 was trained. rose and microphone are held out in that
 # style (seen in the two others), the astronaut's tone pairing is held out (composition), the
 # heart is a training caption.
