@@ -67,14 +67,15 @@ def test_documented_pictor_commands_parse(where, command):
         pytest.fail(f"{where}: `pictor {command}` is a usage error (exit {exit_.code})")
 
 
-def _required_options(script: Path) -> set[str]:
-    """Options that the script's argparse calls mark required=True."""
-    required = set()
+def _required_options(script: Path) -> list[tuple[str, ...]]:
+    """Options that the script's argparse calls mark required=True, each with its aliases
+    ("-o", "--output-dir"): giving any one of them gives the option."""
+    required = []
     for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
         if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
                 and any(k.arg == "required" and getattr(k.value, "value", False)
                         for k in node.keywords)):
-            required.update(a.value for a in node.args if isinstance(a, ast.Constant))
+            required.append(tuple(a.value for a in node.args if isinstance(a, ast.Constant)))
     return required
 
 
@@ -83,5 +84,6 @@ def test_documented_benchmark_commands_pass_required_arguments(where, command):
     script, *args = shlex.split(command)
     assert (REPO / script).is_file(), f"{where}: {script} does not exist"
     given = {a.split("=", 1)[0] for a in args}
-    missing = _required_options(REPO / script) - given
+    missing = [names[-1] for names in _required_options(REPO / script)
+               if not given & set(names)]
     assert not missing, f"{where}: `{command}` lacks {sorted(missing)}"

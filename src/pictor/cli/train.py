@@ -123,10 +123,17 @@ def run_train_layout_prior(args: argparse.Namespace) -> int:
 
 
 def run_export_model(args: argparse.Namespace) -> int:
-    from pictor.training.export import export_model
+    from pictor.evaluation.clip_training import CLIP_FILE, export_clip
+    from pictor.training.export import STORAGE_DTYPES, export_model
 
     try:
-        out = export_model(args.run, args.out, dtype=args.dtype, checkpoint=args.checkpoint)
+        if (args.run / CLIP_FILE).is_file():  # a train-clip folder: the judge, in --dtype
+            if args.checkpoint is not None:
+                raise ValueError(f"{args.run} is a train-clip folder: it has no checkpoints "
+                                 "to export")
+            out = export_clip(args.run, args.out, STORAGE_DTYPES[args.dtype])
+        else:
+            out = export_model(args.run, args.out, dtype=args.dtype, checkpoint=args.checkpoint)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -288,3 +288,26 @@ def train_clip(config: ClipTrainConfig) -> dict[str, Any]:
                "fit_r_precision": fit_r.to_dict(), "model": asdict(config.model)}
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def export_clip(clip_dir: str | Path, out_dir: str | Path, dtype: torch.dtype) -> Path:
+    """`pictor export-model` of a train-clip folder: clip.safetensors stored in `dtype` with its
+    config and training record (header metadata), config.yaml, metrics.jsonl and
+    training_summary.json beside it (float16 halves a judge to ship; loaded back into float32)."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from pictor.networks.io import load_module, save_module
+
+    clip_dir, out_dir = Path(clip_dir), Path(out_dir)
+    model = load_module(ClipModel, ClipConfig, clip_dir / CLIP_FILE)
+    with safe_open(str(clip_dir / CLIP_FILE), framework="pt") as f:
+        metadata = f.metadata() or {}
+    extra = {k: v for k, v in metadata.items() if k in ("train_config", "data_fingerprint")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_module(model, model.config, out_dir / CLIP_FILE, extra_metadata=extra, dtype=dtype)
+    for name in ("config.yaml", "metrics.jsonl", "training_summary.json"):
+        if (clip_dir / name).is_file():
+            shutil.copy2(clip_dir / name, out_dir / name)
+    return out_dir

@@ -7,10 +7,6 @@ Beside them go the run's evidence: `metrics.jsonl` (the training log), `loss_cur
 last validation grid, so a shipped model carries how it was made.
 Weights may be stored in float16 to halve the folder (loaded back into float32).
 
-A folder of `pictor train-clip` (clip.safetensors) is exported the same way: the judge's weights
-in `dtype` with their config and training record, its config.yaml, metrics.jsonl and
-training_summary.json beside them.
-
 `checkpoint=` exports an intermediate checkpoint of a run (finished or still training) instead
 of final/: its EMA weights (the raw weights when the run keeps no EMA), with the validation grid
 of that step, e.g. to score step 5,000 while the run goes on.
@@ -23,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
@@ -75,14 +71,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "floa
     )
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
-    from pictor.evaluation.clip_training import CLIP_FILE
-
-    if (run_dir / CLIP_FILE).is_file():
-        if checkpoint is not None:
-            raise ValueError(f"{run_dir} is a train-clip folder: it has no checkpoints to export")
-        return _export_clip(run_dir, out_dir, _DTYPES[dtype])
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(STORAGE_DTYPES)}")
     if (run_dir / "config.yaml").is_file():  # a GAN or VAE run: its final/ is the model folder
         from pictor.config import family_config_from_yaml_text, family_of, read_text_limited
 
@@ -112,12 +102,12 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "floa
         grids = sorted(samples.glob("*.png")) if samples.is_dir() else []
         grid = grids[-1] if grids else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_module(unet, unet.config, out_dir / "unet.safetensors", dtype=_DTYPES[dtype])
+    save_module(unet, unet.config, out_dir / "unet.safetensors", dtype=STORAGE_DTYPES[dtype])
     shutil.copy2(source / "config.yaml", out_dir / "config.yaml")
     if config.latent_space.kind == "autoencoder":
         shutil.copy2(config.latent_space.autoencoder_path, out_dir / "autoencoder.safetensors")
     if encoder is not None:
-        save_module(encoder, encoder.config, out_dir / TEXT_ENCODER_FILE, dtype=_DTYPES[dtype])
+        save_module(encoder, encoder.config, out_dir / TEXT_ENCODER_FILE, dtype=STORAGE_DTYPES[dtype])
     for name in ("metrics.jsonl", "loss_curve.png"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
@@ -125,22 +115,3 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "floa
         shutil.copy2(grid, out_dir / f"validation_{grid.name}")
     return out_dir
 
-
-def _export_clip(run_dir: Path, out_dir: Path, dtype: torch.dtype) -> Path:
-    """A train-clip folder -> out_dir, its weights stored in `dtype` (header metadata kept)."""
-    from safetensors import safe_open
-
-    from pictor.evaluation.clip_training import CLIP_FILE
-    from pictor.networks.clip import ClipConfig, ClipModel
-    from pictor.networks.io import load_module, save_module
-
-    model = load_module(ClipModel, ClipConfig, run_dir / CLIP_FILE)
-    with safe_open(str(run_dir / CLIP_FILE), framework="pt") as f:
-        metadata = f.metadata() or {}
-    extra = {k: v for k, v in metadata.items() if k in ("train_config", "data_fingerprint")}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_module(model, model.config, out_dir / CLIP_FILE, extra_metadata=extra, dtype=dtype)
-    for name in ("config.yaml", "metrics.jsonl", "training_summary.json"):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, out_dir / name)
-    return out_dir
