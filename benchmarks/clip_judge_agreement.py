@@ -58,11 +58,8 @@ def clip_figures(judge, images: list, prompts: list[str], unique: list[str],
                  caption_emb: np.ndarray, categories: list[str]) -> dict[str, dict[str, float]]:
     """CLIPScore and R-precision (all distinct prompts as candidates), overall and per category."""
     from pictor.evaluation.clip_metrics import clip_score, r_precision
-    from pictor.evaluation.clip_training import to_uint8
-    from pictor.evaluation.features import images_to_tensor
 
-    # the judge's own conversion (and resize, when a model's size differs): exact for 8-bit images
-    emb = judge.embed_images(to_uint8(images_to_tensor(images, judge.config.image_size)))  # (N, E)
+    emb = judge.embed_pil_images(images)  # (N, E), as the judge's data sets' images are read
     index_of = {c: i for i, c in enumerate(unique)}
     rows = np.array([index_of[p] for p in prompts])
     out: dict[str, dict[str, float]] = {}

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = report["groups"]
     num_images = groups["all"]["generated"]["num_images"]
 
-    rows, checks = [], {}
+    rows = []
     for split in SPLITS:
         entry = groups[split]
         real, gen = entry["real"], entry["generated"]
@@ -112,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             *_value_interval(style["generated"]["hard_negative_style"]), STYLE_ACCURACY),
         "skin-tone accuracy (composition split)": (
             *_value_interval(comp["generated"]["hard_negative_tone"]), TONE_ACCURACY)}
+    env = environment()
     write_json(args.name, {
         "model": str(args.model), "clip": str(args.clip), "clip_sha256": report["judge"]["sha256"],
         "data": str(args.data), "num_images": num_images,
         "generate_seconds": generate_seconds, "eval_seconds": eval_seconds,
         "checks": {k: {"value": v, "interval_95": i, "bar": b, "met": v >= b}
                    for k, (v, i, b) in checks.items()},
-        "report": report, "environment": environment()})
+        "report": report, "environment": env})
 
     body = (f"`{args.model}` on the emoji held-out split, judged by the emoji CLIP "
             f"(`{args.clip}`, sha256 {report['judge']['sha256'][:12]}): one image per held-out "
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             f"judge's features against a real half (the real-vs-real floor in brackets). "
             + ("" if generate_seconds is None else f"Generation {generate_seconds:.0f} s, ")
             + f"judging {eval_seconds:.0f} s. Written by "
-            f"`benchmarks/emoji_heldout.py` ({report_date()}; raw: "
+            f"`benchmarks/emoji_heldout.py` ({env['date_utc']}; raw: "
             f"`benchmarks/results/{args.name}.json`).\n\n"
             + markdown_table(["split", "images", "R-precision", "style accuracy",
                               "skin-tone accuracy", "CLIPScore", "FD (floor)",
@@ -147,10 +148,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _value_interval(figure: dict) -> tuple[float, list[float]]:
     return figure["value"], figure["interval_95"]
-
-
-def report_date() -> str:
-    return environment()["date_utc"]
 
 
 if __name__ == "__main__":

@@ -88,8 +88,6 @@ def emoji_demo(model_dir: Path, judge_dir: Path, output_dir: Path,
     from pictor.data.emoji import caption
     from pictor.data.emoji_packages import STYLES
     from pictor.evaluation.clip_eval import load_clip
-    from pictor.evaluation.clip_training import to_uint8
-    from pictor.evaluation.features import images_to_tensor
     from pictor.pipeline import load_pipeline
     from pictor.provenance import save_png
 
@@ -100,18 +98,18 @@ def emoji_demo(model_dir: Path, judge_dir: Path, output_dir: Path,
     pipe, judge = load_pipeline(model_dir), load_clip(judge_dir)
     print(f"\nmodel: {model_dir} (sha256 {pipe.model_sha256[:12]}...), judge: {judge_dir}")
     verdicts = []
+    styles = list(STYLES)
     for name, vendor in EMOJI_PROMPTS:
         prompt = caption(name, vendor)
         print(f"\n{prompt!r}")
-        styles = list(STYLES)
         texts = judge.embed_texts([caption(name, v) for v in styles])
-        for g in pipe.generate(prompt, num_images=EMOJI_IMAGES_PER_PROMPT, seed=0,
-                               num_steps=steps):
+        generated = pipe.generate(prompt, num_images=EMOJI_IMAGES_PER_PROMPT, seed=0,
+                                  num_steps=steps)
+        scores = judge.embed_pil_images([g.image for g in generated]) @ texts.T
+        for g, row in zip(generated, scores, strict=True):
             path = unique_path(output_dir, f"{slug(prompt)}-seed{g.record.seed}")
             save_png(g.image, path, g.record)
-            x = images_to_tensor([g.image], judge.config.image_size)
-            image = judge.embed_images(to_uint8(x))
-            judged = styles[int((image @ texts.T).argmax())]
+            judged = styles[int(row.argmax())]
             verdicts.append((path, vendor, judged))
             print(f"  {path}  judge reads {STYLES[judged].caption_name} style"
                   f" ({'right' if judged == vendor else 'wrong'})")

@@ -87,6 +87,14 @@ class ClipJudge:
                            .double().numpy())
         return np.concatenate(out)
 
+    def embed_pil_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB images -> (N, E) unit rows, through the same 8-bit conversion as the data sets'
+        images (exact for 8-bit images; resized bicubically when their size differs)."""
+        from pictor.evaluation.clip_training import to_uint8
+        from pictor.evaluation.features import images_to_tensor
+
+        return self.embed_images(to_uint8(images_to_tensor(images, self.config.image_size)))
+
     def features(self, images: Sequence[Image.Image]) -> np.ndarray:
         """FeatureExtractor: RGB images -> (N, E) standardised image embeddings."""
         from pictor.evaluation.features import images_to_tensor
@@ -250,6 +258,14 @@ def evaluate_clip_sets(judge: ClipJudge, real: str | Path, *, generated: str | P
     return report
 
 
+def _first_index(captions: Sequence[str]) -> dict[str, int]:
+    """Each caption's first row: the generated image that stands for it."""
+    first: dict[str, int] = {}
+    for j, c in enumerate(captions):
+        first.setdefault(c, j)
+    return first
+
+
 def _distribution(real_set: _Set, gen_set: _Set | None, emb: dict[str, np.ndarray],
                   mean: np.ndarray, std: np.ndarray, rows: list[int],
                   seed: int) -> dict[str, Any] | None:
@@ -257,10 +273,8 @@ def _distribution(real_set: _Set, gen_set: _Set | None, emb: dict[str, np.ndarra
     against real half B (the floor), and the generated images of A's captions against B. Real
     images of a caption that has no generated image are left out of both. None for groups
     under 4 images."""
-    first_generated: dict[str, int] = {}
+    first_generated = _first_index(gen_set.captions) if gen_set is not None else {}
     if gen_set is not None:
-        for j, c in enumerate(gen_set.captions):
-            first_generated.setdefault(c, j)
         rows = [i for i in rows if real_set.captions[i] in first_generated]
     if len(rows) < 4:
         return None
@@ -332,9 +346,7 @@ def comparison_grid(real: str | Path, generated: str | Path, *, per_group: int =
 
     real_set = _Set(real, image_size, "real")
     gen_set = _Set(generated, image_size, "generated")
-    first_generated: dict[str, int] = {}
-    for j, c in enumerate(gen_set.captions):
-        first_generated.setdefault(c, j)
+    first_generated = _first_index(gen_set.captions)
     by_group: dict[str, list[int]] = defaultdict(list)
     seen: set[str] = set()
     for i, (c, e) in enumerate(zip(real_set.captions, real_set.extras, strict=True)):

@@ -107,11 +107,11 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "floa
     if config.latent_space.kind == "autoencoder":
         shutil.copy2(config.latent_space.autoencoder_path, out_dir / "autoencoder.safetensors")
     if encoder is not None:
-        save_module(encoder, encoder.config, out_dir / TEXT_ENCODER_FILE, dtype=STORAGE_DTYPES[dtype])
+        save_module(encoder, encoder.config, out_dir / TEXT_ENCODER_FILE,
+                    dtype=STORAGE_DTYPES[dtype])
     for name in ("metrics.jsonl", "loss_curve.png"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
     if grid is not None and grid.is_file():
         shutil.copy2(grid, out_dir / f"validation_{grid.name}")
     return out_dir
-
