@@ -164,6 +164,8 @@ def test_bad_input_exits_2_with_the_reason(trained, tmp_path, capsys):
           str(plain)], "no pictor provenance record"),
         (["eval-clip", "--clip", str(clip_dir), "--data", str(heldout), "--grid", "2"],
          "--grid needs --generated and --output-dir"),
+        (["eval-clip", "--clip", str(clip_dir), "--data", str(heldout), "--grid", "-1"],
+         "captions per group >= 0"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -92,6 +92,8 @@ def run_eval_clip(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.grid < 0:
+        return _error(f"--grid {args.grid}: give a number of captions per group >= 0")
     if args.grid and (args.generated is None or args.output_dir is None):
         return _error("--grid needs --generated and --output-dir")
     try:
