@@ -11,6 +11,11 @@ lands where the training words for blue ("blue", "cobalt") land. This measures h
   words' states (8 colour classes, chance 12.5%; 4 shape classes, chance 25%);
 - the same colour probe with a wider training vocabulary (ten more everyday words per colour,
   none a held-out word): does more synonym variety in the captions make held-out words readable?
+- the same colour probe trained on a public colour vocabulary: the XKCD colour survey's names
+  (matplotlib ships them with their RGB) labelled with the palette colour nearest in CIELAB,
+  names that sit between two palette colours, or far from all, left out, and every name that
+  contains a held-out word left out: does a vocabulary of hundreds of colour words make held-out
+  words readable?
 - the same colour probe on the mean-pooled sentence embedding (what sentence-transformers train).
 
 Accuracy far below 1.0 bounds what any U-Net trained on these states can do with held-out colour
@@ -52,6 +57,45 @@ WIDER_COLOR_WORDS = {
     "white": ("snow white", "pearl", "cream", "chalk white", "milk white", "off-white",
               "bone white", "alabaster"),
 }
+
+
+def srgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """CIELAB (D65) of sRGB colours in [0, 255], shape (N, 3)."""
+    c = rgb.double() / 255.0
+    c = torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    m = torch.tensor([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722],
+                      [0.0193, 0.1192, 0.9505]], dtype=torch.float64)
+    xyz = c @ m.T / torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+    f = torch.where(xyz > (6 / 29) ** 3, xyz ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]),
+                        200 * (f[:, 1] - f[:, 2])], dim=1)
+
+
+def survey_color_words(heldout: set[str], max_delta_e: float = 30.0,
+                       margin: float = 10.0) -> dict[str, tuple[str, ...]]:
+    """XKCD colour-survey names by nearest palette colour (CIELAB distance): kept when the
+    nearest is within `max_delta_e` and `margin` closer than the second, and when the name
+    names no other palette colour ("cloudy blue" is nearest to white: left out); a name
+    containing a held-out word (as a substring: "aquamarine" shares word pieces with "aqua")
+    is left out."""
+    from matplotlib._color_data import XKCD_COLORS
+
+    from pictor.data.shapes import COLORS
+
+    names = [n.removeprefix("xkcd:") for n in XKCD_COLORS]
+    names = [n for n in names if not any(h in n for h in heldout)]
+    rgb = torch.tensor([[int(XKCD_COLORS["xkcd:" + n][i:i + 2], 16) for i in (1, 3, 5)]
+                        for n in names])
+    palette = list(COLORS)
+    dist = torch.cdist(srgb_to_lab(rgb), srgb_to_lab(torch.tensor([COLORS[c] for c in palette])))
+    two = dist.topk(2, dim=1, largest=False)
+    out: dict[str, list[str]] = {c: [] for c in palette}
+    words = {c: (c, *COLOR_WORDS[c].train) for c in palette}
+    for n, (d1, d2), (k, _) in zip(names, two.values.tolist(), two.indices.tolist(), strict=True):
+        others = [w for c, ws in words.items() if c != palette[k] for w in ws]
+        if d1 <= max_delta_e and d2 - d1 >= margin and not any(w in n for w in others):
+            out[palette[k]].append(n)
+    return {c: tuple(ws) for c, ws in out.items()}
 
 
 class Featurizer:
@@ -131,10 +175,14 @@ def main(argv=None) -> int:
 
     test_items, yt = items_for(heldout_colors, COLOR_CONTEXTS, SHAPES)
     xt = f.word_states(test_items)
+    heldout_set = {w for h in heldout_colors.values() for w in h}
+    survey = survey_color_words(heldout_set)
     for name, train_words in (
             ("colour word state, v1 training words", {c: p.train for c, p in COLOR_WORDS.items()}),
             ("colour word state, + 8 more words per colour",
-             {c: p.train + WIDER_COLOR_WORDS[c] for c, p in COLOR_WORDS.items()})):
+             {c: p.train + WIDER_COLOR_WORDS[c] for c, p in COLOR_WORDS.items()}),
+            ("colour word state, XKCD survey names",
+             {c: tuple(dict.fromkeys(p.train + survey[c])) for c, p in COLOR_WORDS.items()})):
         items, y = items_for(train_words, COLOR_CONTEXTS, SHAPES)
         correct = fit_and_score(f.word_states(items), y, xt, yt, len(COLOR_WORDS))
         data[name] = {"heldout_accuracy": correct.float().mean().item(),
