@@ -11,9 +11,10 @@ Reads what the commands of docs/families.md leave behind and writes the tables:
 
 The training records it gathers (steps, wall time, last losses, whether the run finished) are
 written to `docs/runs/families/training.json` with a copy of each run's metrics.jsonl, loss
-curve and last validation grid, so that the tables can be rebuilt from the committed files alone (`--from-committed`).
+curve and last validation grid, so that the tables can be rebuilt from the committed files
+alone (`--from-committed`).
 
-    .venv/bin/python benchmarks/families.py --log runs/families-s0.log runs/fam-chain.log
+    .venv/bin/python benchmarks/families.py --log runs/*.log
     .venv/bin/python benchmarks/families.py --from-committed
 
 Writes benchmarks/results/families.json, the `families` section of BENCHMARKS.md and the
@@ -30,10 +31,10 @@ import shutil
 from pathlib import Path
 
 from common import ROOT, environment, markdown_table, update_markdown_section, write_json
+from pictor.data.shapes import CATEGORIES, COLORS
 
 NAME = "families"
 FAMILIES = ("diffusion", "gan", "vae")
-CATEGORIES = ("single_object", "colors", "two_object", "color_attr", "counting", "position")
 COMMITTED = ROOT / "docs" / "runs" / "families"
 DOCS = ROOT / "docs" / "families.md"
 COLLAPSE_MAJORITY = 0.5  # a run counts as collapsed when more than half its prompts collapsed
@@ -132,7 +133,7 @@ def stability_plot(path: Path) -> Path | None:
 
 
 _OBJECT = re.compile(r"(\w+) (\w+) at \(")
-PALETTE = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")
+PALETTE = tuple(COLORS)  # the spec's eight colours, in its order
 
 
 def named_colours(images: list[dict]) -> dict[str, int]:

@@ -91,9 +91,9 @@ def survey_color_words(heldout: set[str], max_delta_e: float = 30.0,
     two = dist.topk(2, dim=1, largest=False)
     out: dict[str, list[str]] = {c: [] for c in palette}
     words = {c: (c, *COLOR_WORDS[c].train) for c in palette}
+    others = {c: [w for o, ws in words.items() if o != c for w in ws] for c in palette}
     for n, (d1, d2), (k, _) in zip(names, two.values.tolist(), two.indices.tolist(), strict=True):
-        others = [w for c, ws in words.items() if c != palette[k] for w in ws]
-        if d1 <= max_delta_e and d2 - d1 >= margin and not any(w in n for w in others):
+        if d1 <= max_delta_e and d2 - d1 >= margin and not any(w in n for w in others[palette[k]]):
             out[palette[k]].append(n)
     return {c: tuple(ws) for c, ws in out.items()}
 
@@ -167,15 +167,15 @@ def main(argv=None) -> int:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     torch.set_num_threads(2)
     heldout_colors = {c: p.heldout for c, p in COLOR_WORDS.items()}
+    heldout_set = {w for h in heldout_colors.values() for w in h}
     for c, ws in WIDER_COLOR_WORDS.items():
-        assert not set(ws) & {w for h in heldout_colors.values() for w in h}, c
+        assert not set(ws) & heldout_set, c
     start = time.perf_counter()
     f = Featurizer()
     rows, data = [], {}
 
     test_items, yt = items_for(heldout_colors, COLOR_CONTEXTS, SHAPES)
     xt = f.word_states(test_items)
-    heldout_set = {w for h in heldout_colors.values() for w in h}
     survey = survey_color_words(heldout_set)
     for name, train_words in (
             ("colour word state, v1 training words", {c: p.train for c, p in COLOR_WORDS.items()}),
