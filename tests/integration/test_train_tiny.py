@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -38,7 +39,9 @@ def test_loss_falls_over_50_steps(data, tmp_path):
     config = tiny_config(*data, tmp_path / "run")
     task = DiffusionTask(config, DistInfo())  # same seed: the model train() starts from
     before = fixed_batch_loss(task, task.model)
+    t0 = time.perf_counter()
     result = train(config)
+    wall = time.perf_counter() - t0
     after = fixed_batch_loss(task, result.model)
     assert result.step == 50 and len(result.losses) == 50
     assert after < 0.7 * before, (before, after)
@@ -50,7 +53,9 @@ def test_loss_falls_over_50_steps(data, tmp_path):
     assert saved == config  # the resolved config, exactly
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(5, 51, 5))
-    assert {"loss", "lr", "grad_norm", "images_per_second"} <= records[0].keys()
+    assert {"loss", "lr", "grad_norm", "images_per_second", "loop_seconds"} <= records[0].keys()
+    clock = [r["loop_seconds"] for r in records]  # the loop's own clock, inside the call's
+    assert 0 < clock[0] and clock == sorted(clock) and clock[-1] < wall, (clock, wall)
     with Image.open(run / "loss_curve.png") as im:
         assert im.size == (640, 400)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [

@@ -65,12 +65,13 @@ class SuiteReport:
 
 
 def image_record(result: ScoreResult, seed: int, prompt: str) -> dict[str, Any]:
-    """The JSON record of one judged image; `canonical` only where the prompt differs."""
+    """The JSON record of one judged image; `canonical` only where the prompt differs; `found`:
+    every object the scorer saw, passed or not ("red circle at (20.5, 31.0)")."""
     record: dict[str, Any] = {"prompt": prompt}
     if prompt != result.prompt:
         record["canonical"] = result.prompt
     return record | {"category": result.category, "seed": seed, "passed": result.passed,
-                     "reason": result.reason}
+                     "reason": result.reason, "found": [o.describe() for o in result.found]}
 
 
 def run_suite(

@@ -317,6 +317,8 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
         if step_done % tcfg.log_every_steps == 0 or step_done == tcfg.max_steps or out_of_time:
             logger.log(step_done, loss=losses[-1], lr=lr, grad_norm=float(grad_norm),
                        images_per_second=imgs_per_s, epoch=sampler.epoch,
+                       # wall seconds since this process's loop began (a resume restarts it)
+                       loop_seconds=time.perf_counter() - loop_start,
                        **getattr(task, "loss_terms", {}))
         is_last = step_done == tcfg.max_steps or out_of_time
         if (tcfg.checkpoint_every_steps and step_done % tcfg.checkpoint_every_steps == 0) \

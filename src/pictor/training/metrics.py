@@ -2,7 +2,9 @@
 grids.
 
 metrics.jsonl holds one JSON object per logged step, e.g.
-`{"step": 100, "loss": 0.21, "lr": 2e-4, "grad_norm": 0.8, "images_per_second": 310.0}`.
+`{"step": 100, "loss": 0.21, "lr": 2e-4, "grad_norm": 0.8, "images_per_second": 310.0,
+"loop_seconds": 95.2}` (`loop_seconds`: wall time since the training loop of this process began,
+validation and checkpoints included; a resumed run counts again from its resume).
 When a run resumes from a checkpoint at step s, records after s (from the interrupted tail) are
 dropped first, so the file always describes one consistent history.
 

@@ -1,5 +1,6 @@
 """The suite runner end to end, with the renderer as a perfect model (ground truth)."""
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,10 @@ def test_renders_of_the_suite_score_at_least_099_per_category():
     first = report.to_dict()["images"][0]
     assert first["seed"] == image_seed("geneval-shapes", 0, 0) == 7_000_000
     assert "canonical" not in first  # the prompt is canonical
+    # what the scorer saw, passes included: the scene of the prompt, one line per object
+    assert first["prompt"] == "a triangle" and first["passed"]
+    assert len(first["found"]) == 1 and re.fullmatch(
+        r"(\w+) triangle at \(\d+\.\d, \d+\.\d\)", first["found"][0]), first["found"]
 
 
 def test_a_paraphrase_suite_gives_the_paraphrase_and_judges_the_canonical():
