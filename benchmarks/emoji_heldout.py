@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="report.json, report.md, grid.png go here; images in <it>/images")
     parser.add_argument("--name", default=NAME,
                         help=f"results/<name>.json and BENCHMARKS.md section (default {NAME})")
+    parser.add_argument("--no-markdown", action="store_true",
+                        help="write results/<name>.json only, no BENCHMARKS.md section (a "
+                             "caller that writes its own table, e.g. benchmarks/families.py)")
     parser.add_argument("--generated", type=Path, default=None,
                         help="judge these images of the model instead of generating them")
     args = parser.parse_args(argv)
@@ -141,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                              [[k, f"{v:.3f} [{i[0]:.2f}, {i[1]:.2f}]", f">= {b}",
                                "yes" if v >= b else "**no**"]
                               for k, (v, i, b) in checks.items()]))
-    update_markdown_section(args.name, body)
+    if not args.no_markdown:
+        update_markdown_section(args.name, body)
     print(body)
     return 0
 

@@ -6,8 +6,9 @@ Reads what the commands of docs/families.md leave behind and writes the tables:
   written by `pictor eval --model runs/fam-diffusion-sN/final --compare runs/fam-gan-sN/final
   runs/fam-vae-sN/final --suite geneval-shapes --images-per-prompt 4 -o ...`;
 - each run's folder `runs/fam-{diffusion,gan,vae}-sN` (its metrics.jsonl, and `final/` when it
-  finished) and the console logs of the trainings (`--log`), for the training loop's wall time:
-  the progress bar's last elapsed time before the run's `done:` line.
+  finished); the training loop's wall time is the `loop_seconds` of its last record, or, for
+  runs logged before the loop recorded it, from the console logs of the trainings (`--log`): the
+  progress bar's last elapsed time before the run's `done:` line.
 
 The training records it gathers (steps, wall time, last losses, whether the run finished) are
 written to `docs/runs/families/training.json` with a copy of each run's metrics.jsonl, loss
@@ -19,6 +20,12 @@ alone (`--from-committed`).
 
 Writes benchmarks/results/families.json, the `families` section of BENCHMARKS.md and the
 results table of docs/families.md (between `<!-- families_results -->` markers).
+
+When the emoji runs are judged too (`runs/fam-emoji-{diffusion,gan,vae}-s0`, each judged by
+`benchmarks/emoji_heldout.py --model runs/fam-emoji-<family>-s0/final --clip models/emoji-clip
+-o reports/families-emoji/<family> --name families_emoji_<family>
+--no-markdown`), it also writes their table:
+the `families_emoji` section of BENCHMARKS.md and `<!-- families_emoji_results -->` in the docs.
 """
 
 from __future__ import annotations
@@ -66,7 +73,9 @@ def training_record(run_dir: Path, loop_seconds: dict[str, float]) -> dict:
             "recon_bits_per_dim", "kl_bits_per_dim", "denoising_loss")
     return {"run": run_dir.name, "steps": last.get("step", 0),
             "finished": (run_dir / "final").is_dir(),
-            "loop_seconds": loop_seconds.get(run_dir.name),
+            # the loop's own clock (metrics.jsonl) where it logged one, else the progress bar
+            "loop_seconds": (round(last["loop_seconds"]) if "loop_seconds" in last
+                             else loop_seconds.get(run_dir.name)),
             "last": {k: last[k] for k in keep if k in last},
             # the loop logs the non-finite value, then stops (pictor.training.loop)
             "diverged": any(not math.isfinite(r.get(k, 0.0)) for r in records
@@ -137,12 +146,17 @@ PALETTE = tuple(COLORS)  # the spec's eight colours, in its order
 
 
 def named_colours(images: list[dict]) -> dict[str, int]:
-    """Colour -> how many objects the scorer names with it in the failed verdicts' reasons
-    ("unrecognised shape(s): orange unknown at (42.5, 26.0), ..."). Passing images name none,
-    so this sees only failures: a rough view of which colours a model draws at all."""
+    """Colour -> how many objects the scorer names with it in the failed verdicts: their
+    `found` objects (all the scorer saw), or, in reports written before records carried them
+    (seeds 0 and 1), the objects their reasons name ("unrecognised shape(s): orange unknown at
+    (42.5, 26.0), ...", which may leave some out). Failures only, in every report alike: a
+    rough view of which colours a model draws at all."""
     counts = dict.fromkeys(PALETTE, 0)
     for image in images:
-        for colour, _ in _OBJECT.findall(image.get("reason") or ""):
+        if image["passed"]:
+            continue
+        seen = "; ".join(image["found"]) if "found" in image else image.get("reason") or ""
+        for colour, _ in _OBJECT.findall(seen):
             if colour in counts:
                 counts[colour] += 1
     return counts
@@ -273,6 +287,78 @@ def main_table(reports: dict[int, dict[str, dict]], training: dict[str, dict]) -
     return markdown_table([""] + cols, rows)
 
 
+EMOJI_SPLITS = ("heldout_style", "heldout_composition", "heldout_unseen")
+
+
+def load_emoji(reports: Path) -> dict[str, dict]:
+    """Family -> the emoji held-out judge's groups (`pictor eval-clip`'s report.json, written by
+    benchmarks/emoji_heldout.py into reports/families-emoji/<family>/) and the generation time
+    of its results file (benchmarks/results/families_emoji_<family>.json)."""
+    out = {}
+    for family in FAMILIES:
+        path = reports / "families-emoji" / family / "report.json"
+        if not path.exists():
+            continue
+        result = ROOT / "benchmarks" / "results" / f"families_emoji_{family}.json"
+        seconds = (json.loads(result.read_text()).get("generate_seconds")
+                   if result.exists() else None)
+        out[family] = {"groups": json.loads(path.read_text())["groups"],
+                       "generate_seconds": seconds}
+    return out
+
+
+def _share(figure: dict | None) -> str:
+    if figure is None:
+        return "n/a"
+    lo, hi = figure["interval_95"]
+    return f"{figure['value']:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def emoji_table(emoji: dict[str, dict], training: dict[str, dict]) -> str:
+    """One column per family: training, then the judge's figures on every held-out caption
+    (`all`), each beside the real held-out images' value (the ceiling), and per split."""
+    cols = [f for f in FAMILIES if f in emoji]
+    real = emoji[cols[0]]["groups"]["all"]["real"]  # the same real images for every family
+
+    def train_cell(family):
+        t = training.get(f"fam-emoji-{family}-s0")
+        if t is None or t["loop_seconds"] is None:
+            return "-"
+        return f"{t['loop_seconds'] / 60:.1f} min, {t['steps']:,} steps"
+
+    def gen(family, key):
+        return emoji[family]["groups"]["all"]["generated"].get(key)
+
+    def per_image(family):
+        e = emoji[family]
+        n = e["groups"]["all"]["generated"]["num_images"]
+        return "-" if e["generate_seconds"] is None else f"{e['generate_seconds'] / n:.3f}"
+
+    dist = {f: emoji[f]["groups"]["all"]["distribution"] for f in cols}
+    rows = [
+        ["training loop wall time and steps (seed 0)"] + [train_cell(f) for f in cols],
+        [f"R-precision, all held-out captions (real: {real['r_precision']['value']:.3f})"]
+        + [_share(gen(f, "r_precision")) for f in cols],
+        *[[f"R-precision, {split}"] + [_share(emoji[f]["groups"][split]["generated"]
+                                              ["r_precision"]) for f in cols]
+          for split in EMOJI_SPLITS],
+        [f"style accuracy (real: {real['hard_negative_style']['value']:.3f}, chance 0.333)"]
+        + [_share(gen(f, "hard_negative_style")) for f in cols],
+        [f"skin-tone accuracy (real: {real['hard_negative_tone']['value']:.3f})"]
+        + [_share(gen(f, "hard_negative_tone")) for f in cols],
+        [f"CLIPScore (real: {real['clip_score']:.1f})"]
+        + [f"{gen(f, 'clip_score'):.1f}" for f in cols],
+        ["FD on the judge's features (real-vs-real floor)"]
+        + [f"{dist[f]['generated_vs_real']['fd']:.1f} ({dist[f]['real_vs_real']['fd']:.1f})"
+           for f in cols],
+        ["near-copies of training images"]
+        + [f"{gen(f, 'memorisation')['near_copy_share']:.3f}" for f in cols],
+        ["seconds per image (`pictor generate`, process start included)"]
+        + [per_image(f) for f in cols],
+    ]
+    return markdown_table([""] + cols, rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs",
@@ -298,11 +384,24 @@ def main(argv=None) -> int:
             "`reports/families*/report.json` and `docs/runs/families/training.json`.\n\n")
     tables = main_table(reports, training) + "\n\nEvery run:\n\n" + seed_table(reports, training)
     curves = "\n\nTraining curves of every run: [stability.png]({}runs/families/stability.png)."
-    write_json(NAME, {"training": training, "reports": reports, "environment": environment()})
     body = head + tables + curves.format("docs/")
     update_markdown_section(NAME, body)
     update_markdown_section("families_results", head + tables + curves.format(""), DOCS)
     print(body)
+    emoji = load_emoji(args.reports)
+    if emoji:
+        ehead = ("The same three configs on the emoji collection (`--data.path=data/emoji-64`; "
+                 "diffusion with the emoji autoencoder and configs/emoji.yaml), 15 minutes each "
+                 "on 2 CPU cores, seed 0, judged by `benchmarks/emoji_heldout.py` with the emoji "
+                 "CLIP: one image per held-out caption (741), as for emoji-v1. Cells are "
+                 "value [95% interval]; chance R-precision is 0.010. Written by "
+                 "`benchmarks/families.py` from `reports/families-emoji/*/report.json`.\n\n")
+        etable = emoji_table(emoji, training)
+        update_markdown_section("families_emoji", ehead + etable)
+        update_markdown_section("families_emoji_results", ehead + etable, DOCS)
+        print(ehead + etable)
+    write_json(NAME, {"training": training, "reports": reports, "emoji": emoji,
+                      "environment": environment()})
     return 0
 
 
