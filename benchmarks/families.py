@@ -25,7 +25,9 @@ When the emoji runs are judged too (`runs/fam-emoji-{diffusion,gan,vae}-s0`, eac
 `benchmarks/emoji_heldout.py --model runs/fam-emoji-<family>-s0/final --clip models/emoji-clip
 -o reports/families-emoji/<family> --name families_emoji_<family>
 --no-markdown`), it also writes their table:
-the `families_emoji` section of BENCHMARKS.md and `<!-- families_emoji_results -->` in the docs.
+the `families_emoji` section of BENCHMARKS.md and `<!-- families_emoji_results -->` in the docs,
+with a fourth column for a GAN run with the conditioning ramp (`runs/fam-emoji-ganramp-s0`,
+`reports/families-emoji/ganramp`) where it exists.
 """
 
 from __future__ import annotations
@@ -288,6 +290,9 @@ def main_table(reports: dict[int, dict[str, dict]], training: dict[str, dict]) -
 
 
 EMOJI_SPLITS = ("heldout_style", "heldout_composition", "heldout_unseen")
+# the emoji table's columns: run name fam-emoji-<key>-s0 and report folder <key> -> column label
+EMOJI_COLUMNS = {"diffusion": "diffusion", "gan": "gan",
+                 "ganramp": "gan, conditioning ramp", "vae": "vae"}
 
 
 def load_emoji(reports: Path) -> dict[str, dict]:
@@ -295,7 +300,7 @@ def load_emoji(reports: Path) -> dict[str, dict]:
     benchmarks/emoji_heldout.py into reports/families-emoji/<family>/) and the generation time
     of its results file (benchmarks/results/families_emoji_<family>.json)."""
     out = {}
-    for family in FAMILIES:
+    for family in EMOJI_COLUMNS:
         path = reports / "families-emoji" / family / "report.json"
         if not path.exists():
             continue
@@ -317,7 +322,7 @@ def _share(figure: dict | None) -> str:
 def emoji_table(emoji: dict[str, dict], training: dict[str, dict]) -> str:
     """One column per family: training, then the judge's figures on every held-out caption
     (`all`), each beside the real held-out images' value (the ceiling), and per split."""
-    cols = [f for f in FAMILIES if f in emoji]
+    cols = [f for f in EMOJI_COLUMNS if f in emoji]
     real = emoji[cols[0]]["groups"]["all"]["real"]  # the same real images for every family
 
     def train_cell(family):
@@ -356,7 +361,7 @@ def emoji_table(emoji: dict[str, dict], training: dict[str, dict]) -> str:
         ["seconds per image (`pictor generate`, process start included)"]
         + [per_image(f) for f in cols],
     ]
-    return markdown_table([""] + cols, rows)
+    return markdown_table([""] + [EMOJI_COLUMNS[f] for f in cols], rows)
 
 
 def main(argv=None) -> int:
@@ -394,7 +399,10 @@ def main(argv=None) -> int:
                  "diffusion with the emoji autoencoder and configs/emoji.yaml), 15 minutes each "
                  "on 2 CPU cores, seed 0, judged by `benchmarks/emoji_heldout.py` with the emoji "
                  "CLIP: one image per held-out caption (741), as for emoji-v1. Cells are "
-                 "value [95% interval]; chance R-precision is 0.010. Written by "
+                 "value [95% interval]; chance R-precision is 0.010. \"gan, conditioning "
+                 "ramp\": the GAN config with `--gan.condition_ramp_start=150 "
+                 "--gan.condition_ramp_end=600` (Shahbazi et al. 2022), where the run has one. "
+                 "Written by "
                  "`benchmarks/families.py` from `reports/families-emoji/*/report.json`.\n\n")
         etable = emoji_table(emoji, training)
         update_markdown_section("families_emoji", ehead + etable)
