@@ -40,6 +40,7 @@ import shutil
 from pathlib import Path
 
 from common import ROOT, environment, markdown_table, update_markdown_section, write_json
+from emoji_heldout import share
 from pictor.data.shapes import CATEGORIES, COLORS
 
 NAME = "families"
@@ -313,10 +314,7 @@ def load_emoji(reports: Path) -> dict[str, dict]:
 
 
 def _share(figure: dict | None) -> str:
-    if figure is None:
-        return "n/a"
-    lo, hi = figure["interval_95"]
-    return f"{figure['value']:.3f} [{lo:.2f}, {hi:.2f}]"
+    return "n/a" if figure is None else share(figure)
 
 
 def emoji_table(emoji: dict[str, dict], training: dict[str, dict]) -> str:

@@ -78,7 +78,7 @@ def survey_color_words(heldout: set[str], max_delta_e: float = 30.0,
     names no other palette colour ("cloudy blue" is nearest to white: left out); a name
     containing a held-out word (as a substring: "aquamarine" shares word pieces with "aqua")
     is left out."""
-    from matplotlib._color_data import XKCD_COLORS
+    from matplotlib.colors import XKCD_COLORS
 
     from pictor.data.shapes import COLORS
 

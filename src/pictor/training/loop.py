@@ -310,15 +310,15 @@ def _run(config: Any, build_task: Callable[[DistInfo], Task], resume: str | None
             progress.update(1)
             progress.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{imgs_per_s:.0f}",
                                  refresh=False)
+        loop_seconds = time.perf_counter() - loop_start  # since this process's loop began
         out_of_time = False  # a wall-clock budget (equal budgets for the family comparison)
         if tcfg.max_wall_seconds is not None and step_done < tcfg.max_steps:
-            over = float(time.perf_counter() - loop_start >= tcfg.max_wall_seconds)
+            over = float(loop_seconds >= tcfg.max_wall_seconds)
             out_of_time = bool(all_reduce_sum(dist, torch.tensor([over], dtype=torch.float64))[0])
         if step_done % tcfg.log_every_steps == 0 or step_done == tcfg.max_steps or out_of_time:
             logger.log(step_done, loss=losses[-1], lr=lr, grad_norm=float(grad_norm),
                        images_per_second=imgs_per_s, epoch=sampler.epoch,
-                       # wall seconds since this process's loop began (a resume restarts it)
-                       loop_seconds=time.perf_counter() - loop_start,
+                       loop_seconds=loop_seconds,  # a resume restarts this clock
                        **getattr(task, "loss_terms", {}))
         is_last = step_done == tcfg.max_steps or out_of_time
         if (tcfg.checkpoint_every_steps and step_done % tcfg.checkpoint_every_steps == 0) \
